@@ -1,0 +1,63 @@
+"""Checkpoint file I/O: the one place that reads and writes .pth files.
+
+Reading always uses `torch.load(weights_only=True)`, so a file crafted to run code when unpickled
+is refused. Writing goes through a temporary file and an atomic rename, so a crash or a kill during
+a save leaves the previous file intact.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any, Dict
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, unsafe or not what was expected."""
+
+
+def load_file(path: str, map_location: Any = 'cpu') -> Any:
+    """`torch.load(path, weights_only=True)` with a one-line error naming the file on failure."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses globals outside tensors/containers: code or foreign objects.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: refused to load, it is not a plain tensor file "
+                              f"(weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {first}") from None
+
+
+def load_state_dict_file(path: str, map_location: Any = 'cpu') -> Dict[str, torch.Tensor]:
+    """Load a file that must hold a state_dict (a mapping of names to tensors)."""
+    obj = load_file(path, map_location)
+    # Some training frameworks wrap the weights: {'state_dict': ...} or {'model': ...}.
+    if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for wrapper in ('state_dict', 'model'):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state_dict (expected a dict of tensors, got {type(obj).__name__})")
+    return obj
+
+
+def save_file(obj: Any, path: str) -> None:
+    """torch.save to `path` atomically: write a temporary file beside it, fsync, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
