@@ -1,0 +1,3 @@
+from .detection import Detect
+
+__all__ = ["Detect"]

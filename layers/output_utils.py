@@ -1,0 +1,135 @@
+"""Turn `Detect`'s output into image-space results: pixel boxes and full-size binary masks.
+
+Also `undo_image_transformation`, which maps a network input tensor back to a displayable image.
+"""
+from typing import Dict, List, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from data.config import MEANS, STD, cfg, mask_type
+from layers.box_utils import crop, sanitize_coordinates
+
+# F.interpolate only accepts align_corners for these modes.
+_ALIGNABLE_MODES = ('linear', 'bilinear', 'bicubic', 'trilinear')
+
+
+def _empty_result(h: int, w: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Zero detections, shaped like a non-empty result so callers need no special case."""
+    return (torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, device=device),
+            torch.zeros(0, 4, dtype=torch.long, device=device),
+            torch.zeros(0, h, w, device=device))
+
+
+def _device_of(net) -> torch.device:
+    """Where results for an image without detections should live: the network's device if known."""
+    try:
+        return next(net.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device('cpu')
+
+
+def _maskiou_scores(net, masks: Tensor, classes: Tensor) -> Tensor:
+    """YOLACT++ predicted mask IoU of each mask for its own class.
+
+    Args:
+        net: a network with a ``maskiou_net`` taking Tensor[N, 1, H, W] to Tensor[N, C].
+        masks (Tensor[N, H, W]): cropped soft masks at prototype resolution.
+        classes (Tensor[N]) int64 foreground class indices.
+    Returns:
+        Tensor[N]
+    """
+    with torch.no_grad():
+        per_class = net.maskiou_net(masks.unsqueeze(1))
+    return per_class.gather(1, classes[:, None]).squeeze(1)
+
+
+def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
+                interpolation_mode: str = 'bilinear', visualize_lincomb: bool = False,
+                crop_masks: bool = True, score_threshold: float = 0
+                ) -> Tuple[Tensor, Union[Tensor, List[Tensor]], Tensor, Tensor]:
+    """Detections of one image in pixel coordinates with full-size masks.
+
+    Args:
+        det_output: what `Detect` returns (one ``{'detection': ..., 'net': ...}`` per image).
+        w, h: size in pixels of the image the results are for.
+        batch_idx: which image of the batch.
+        interpolation_mode: F.interpolate mode used to upsample masks from prototype resolution.
+        visualize_lincomb: accepted for compatibility with the original's signature and ignored
+            (the original opened matplotlib windows showing the prototype combination).
+        crop_masks: zero each mask outside its box (at prototype resolution, before upsampling).
+        score_threshold: drop detections scoring at or below this before any mask work.
+    Returns:
+        classes (Tensor[D] int64), foreground class indices;
+        scores (Tensor[D]); with YOLACT++ (``cfg.use_maskiou``) and ``cfg.rescore_mask``, the box
+            score times the predicted mask IoU if ``cfg.rescore_bbox``, otherwise the list
+            ``[box scores, rescored mask scores]`` as the original returns;
+        boxes (Tensor[D, 4] int64) in pixel (x1, y1, x2, y2), clamped to the image;
+        masks (Tensor[D, h, w]) of 0.0 / 1.0 when the mask branch runs (``cfg.eval_mask_branch``),
+            otherwise Detect's raw mask coefficients.
+    The input detections are not modified.
+    """
+    entry = det_output[batch_idx]
+    net = entry.get('net')
+    dets = entry['detection']
+    if dets is None:
+        return _empty_result(h, w, _device_of(net))
+
+    classes, boxes, scores, coeffs = dets['class'], dets['box'], dets['score'], dets['mask']
+    if score_threshold > 0:
+        keep = scores > score_threshold
+        classes, boxes, scores, coeffs = classes[keep], boxes[keep], scores[keep], coeffs[keep]
+        if scores.shape[0] == 0:
+            return _empty_result(h, w, scores.device)
+
+    masks = coeffs
+    if cfg.eval_mask_branch:
+        if cfg.mask_type != mask_type.lincomb:
+            raise ValueError(f"postprocess only supports cfg.mask_type == mask_type.lincomb "
+                             f"({mask_type.lincomb}), got {cfg.mask_type}")
+        # Assemble each mask from the prototypes: [H, W, M] @ [M, D] -> [H, W, D]
+        masks = cfg.mask_proto_mask_activation(dets['proto'] @ coeffs.t())
+        if crop_masks:
+            masks = crop(masks, boxes)
+        masks = masks.permute(2, 0, 1).contiguous()  # [D, H, W]
+
+        if cfg.use_maskiou and cfg.rescore_mask:
+            mask_scores = scores * _maskiou_scores(net, masks, classes)
+            scores = mask_scores if cfg.rescore_bbox else [scores, mask_scores]
+
+        align = False if interpolation_mode in _ALIGNABLE_MODES else None
+        masks = F.interpolate(masks.unsqueeze(0), (h, w), mode=interpolation_mode,
+                              align_corners=align).squeeze(0)
+        masks = (masks > 0.5).to(masks.dtype)
+
+    x1, x2 = sanitize_coordinates(boxes[:, 0], boxes[:, 2], w, cast=False)
+    y1, y2 = sanitize_coordinates(boxes[:, 1], boxes[:, 3], h, cast=False)
+    pixel_boxes = torch.stack((x1, y1, x2, y2), dim=1).long()
+
+    return classes, scores, pixel_boxes, masks
+
+
+def undo_image_transformation(img: Tensor, w: int, h: int) -> np.ndarray:
+    """Network input back to a displayable image.
+
+    Args:
+        img (Tensor[3, H, W]): RGB image as transformed for ``cfg.backbone.transform``.
+        w, h: output size in pixels.
+    Returns:
+        np.ndarray[h, w, 3] float32 RGB in [0, 1].
+    """
+    transform = cfg.backbone.transform
+    pixels = img.detach().permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    # MEANS and STD are listed in BGR order; the tensor is RGB.
+    means = np.array(MEANS[::-1], dtype=np.float32)
+    std = np.array(STD[::-1], dtype=np.float32)
+    if transform.normalize:
+        pixels = (pixels * std + means) / 255.0
+    elif transform.subtract_means:
+        pixels = (pixels + means) / 255.0
+    pixels = np.clip(pixels, 0, 1)
+    return cv2.resize(pixels, (w, h))
