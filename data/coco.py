@@ -1,0 +1,438 @@
+"""COCO-format instance segmentation datasets (MS COCO, the synthetic shapes, user datasets).
+
+The public names and return structures are the original YOLACT's, so train.py / eval.py and user
+code keep working:
+
+- ``COCODetection[i]`` -> ``(image, (target, masks, num_crowds))`` where ``target`` is
+  ndarray[N, 5] (x1, y1, x2, y2 relative to the image size, class index) and ``masks`` is
+  ndarray[N, H, W]; crowd annotations (class index -1) come last and ``num_crowds`` counts them.
+- ``pull_item(i)`` -> ``(image, target, masks, height, width, num_crowds)`` for image ``ids[i]``.
+
+What differs from the original is how bad data is met. A file or folder that does not exist,
+a json that is not a COCO instances file, or a category id the active config cannot hold fails
+when the dataset is built, with one line naming the file. Annotations that cannot be used (empty
+box, polygon with fewer than 3 points, no segmentation, image id not in ``images``) are dropped
+once, up front, and counted in ``skipped``. An image that cannot be read, or a training sample
+left without ground truth, is logged, counted and replaced by another index chosen from a seeded
+stream, so a long training run never dies on one bad file.
+"""
+import json
+import logging
+import os
+import os.path as osp
+from collections import Counter
+from contextlib import redirect_stdout
+from io import StringIO
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.utils.data as data
+from pycocotools import mask as mask_utils
+
+from .config import cfg
+
+__all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
+           'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
+           'DatasetPaths', 'coco_dataset_paths']
+
+logger = logging.getLogger(__name__)
+
+# How many replacement indices __getitem__ tries before it concludes the dataset is unusable.
+MAX_RESAMPLE_ATTEMPTS = 100
+
+
+class DatasetFileNotFoundError(FileNotFoundError):
+    """An image folder or annotation file given to a dataset does not exist."""
+
+
+class DatasetFormatError(ValueError):
+    """An annotation file is not a usable COCO instances file (or does not fit the config)."""
+
+
+class ImageLoadError(OSError):
+    """An image listed in the annotation file is missing, unreadable or of the wrong size."""
+
+
+def get_label_map() -> Dict[int, int]:
+    """category_id -> class index + 1 for the active ``cfg.dataset``.
+
+    Without an explicit ``label_map`` the ids are taken to be 1..N already.
+    """
+    if cfg.dataset.label_map is None:
+        return {i + 1: i + 1 for i in range(len(cfg.dataset.class_names))}
+    return cfg.dataset.label_map
+
+
+class COCOAnnotationTransform:
+    """COCO annotations -> rows ``[x1, y1, x2, y2, class_idx]`` relative to the image size.
+
+    Crowd annotations get class index -1 (the loss treats them as neutral regions).
+    """
+
+    def __init__(self, label_map: Optional[Dict[int, int]] = None):
+        self.label_map = get_label_map() if label_map is None else label_map
+
+    def __call__(self, target: Sequence[dict], width: int, height: int) -> List[List[float]]:
+        scale = np.array([width, height, width, height], dtype=np.float64)
+        rows = []
+        for ann in target:
+            if 'bbox' not in ann:
+                logger.warning('annotation %s has no bbox; ignored', ann.get('id'))
+                continue
+            x, y, w, h = ann['bbox']
+            cat = ann['category_id']
+            crowd = bool(ann.get('iscrowd', 0)) or cat < 0
+            label = -1 if crowd else self.label_map[cat] - 1
+            rows.append(list(np.array([x, y, x + w, y + h]) / scale) + [label])
+        return rows
+
+
+def _load_json(info_file: str) -> dict:
+    if not osp.isfile(info_file):
+        raise DatasetFileNotFoundError(f"annotation file not found: {info_file}")
+    try:
+        with open(info_file, 'rb') as f:
+            content = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{info_file}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise DatasetFormatError(f"{info_file}: not valid JSON (not UTF-8 text)") from None
+    return content
+
+
+def _check_layout(content: Any, info_file: str, has_gt: bool) -> None:
+    """Raise unless `content` has the lists of a COCO instances file."""
+    if not isinstance(content, dict):
+        raise DatasetFormatError(f"{info_file}: expected a JSON object with 'images', 'annotations' "
+                                 f"and 'categories', got a {type(content).__name__}")
+    required = ('images', 'annotations', 'categories') if has_gt else ('images',)
+    missing = [k for k in required if not isinstance(content.get(k), list)]
+    if missing:
+        raise DatasetFormatError(f"{info_file}: not a COCO instances file, it lacks the list(s) "
+                                 f"{', '.join(repr(k) for k in missing)}")
+    for i, img in enumerate(content['images']):
+        if not isinstance(img, dict) or 'id' not in img or 'file_name' not in img:
+            raise DatasetFormatError(f"{info_file}: images[{i}] needs an 'id' and a 'file_name'")
+    for i, ann in enumerate(content.get('annotations') or []):
+        if not isinstance(ann, dict) or 'image_id' not in ann or 'category_id' not in ann:
+            raise DatasetFormatError(f"{info_file}: annotations[{i}] needs an 'image_id' and a 'category_id'")
+
+
+def _clean_segmentation(segm: Any) -> Optional[Any]:
+    """The usable part of a segmentation, or None: polygons of fewer than 3 points are dropped."""
+    if isinstance(segm, dict):
+        return segm if 'counts' in segm and 'size' in segm else None
+    if isinstance(segm, list):
+        polys = [p for p in segm if isinstance(p, list) and len(p) >= 6]
+        return polys or None
+    return None
+
+
+def _box_is_valid(box: Any) -> bool:
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return False
+    try:
+        vals = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return False
+    return all(np.isfinite(vals)) and vals[2] > 0 and vals[3] > 0
+
+
+class COCODetection(data.Dataset):
+    """A COCO-format instance segmentation dataset.
+
+    Args:
+        image_path: folder holding the images (``file_name`` of each json image is relative to it).
+        info_file: the COCO instances json.
+        transform: ``transform(img, masks, boxes, {'num_crowds', 'labels'})`` as in
+            utils/augmentations.py; None returns the BGR uint8 image as read.
+        target_transform: annotations -> rows of ``[x1, y1, x2, y2, class_idx]``; default
+            ``COCOAnnotationTransform`` with this dataset's label map.
+        dataset_name: a name for messages.
+        has_gt: False for image-only files (test-dev): every image is listed, targets are empty.
+        label_map, num_classes: override ``get_label_map()`` / ``cfg.num_classes`` (read once here).
+        resample_seed: seeds the choice of replacement for an unusable sample.
+    """
+
+    def __init__(self, image_path: str, info_file: str, transform=None, target_transform=None,
+                 dataset_name: str = 'MS COCO', has_gt: bool = True, *,
+                 label_map: Optional[Dict[int, int]] = None, num_classes: Optional[int] = None,
+                 resample_seed: int = 0):
+        from pycocotools.coco import COCO  # local: several things here are called COCO
+
+        if not osp.isdir(image_path):
+            raise DatasetFileNotFoundError(f"image folder not found: {image_path}")
+        content = _load_json(info_file)
+        _check_layout(content, info_file, has_gt)
+
+        self.root = image_path
+        self.info_file = info_file
+        self.name = dataset_name
+        self.has_gt = has_gt
+        self.transform = transform
+        self.label_map = get_label_map() if label_map is None else dict(label_map)
+        self._label_map_source = (f"label map of cfg.dataset '{cfg.dataset.name}'" if label_map is None
+                                  else 'label map given to COCODetection')
+        self.num_classes = cfg.num_classes if num_classes is None else num_classes
+        self.target_transform = (COCOAnnotationTransform(self.label_map)
+                                 if target_transform is None else target_transform)
+        self.resample_seed = resample_seed
+        # Counts of dropped annotations (filled here) and of replaced samples (filled by
+        # __getitem__; with DataLoader workers each worker process keeps its own counts).
+        self.skipped: Counter = Counter()
+
+        self.coco = COCO()
+        self.coco.dataset = content
+        with redirect_stdout(StringIO()):  # pycocotools prints progress lines
+            self.coco.createIndex()
+
+        self._anns_by_image = self._usable_annotations() if has_gt else {}
+        image_ids = set(self.coco.imgs)
+        # Image order is the original's (first appearance in 'annotations'), which eval output follows.
+        self.ids = [i for i in self.coco.imgToAnns.keys() if i in image_ids]
+        if len(self.ids) == 0 or not has_gt:
+            self.ids = list(self.coco.imgs.keys())
+        if self.skipped:
+            logger.warning('%s: dropped unusable annotations: %s', info_file,
+                           ', '.join(f'{k}={v}' for k, v in sorted(self.skipped.items())))
+
+    def _usable_annotations(self) -> Dict[Any, List[dict]]:
+        """Check every annotation once; return the usable ones per image id, crowds last.
+
+        Raises DatasetFormatError for a (non-crowd) category id that the label map or
+        ``num_classes`` cannot hold, since training on it would fail or silently mislabel.
+        """
+        highest = self.num_classes - 1  # class indices 1..num_classes-1; 0 is background
+        by_image: Dict[Any, List[dict]] = {}
+        for ann in self.coco.dataset['annotations']:
+            crowd = bool(ann.get('iscrowd', 0))
+            cat = ann['category_id']
+            if not crowd:
+                if cat not in self.label_map:
+                    raise DatasetFormatError(
+                        f"{self.info_file}: category id {cat!r} (annotation {ann.get('id')}) is not in the "
+                        f"{self._label_map_source} (known ids: {_id_range(self.label_map)})")
+                mapped = self.label_map[cat]
+                if not isinstance(mapped, (int, np.integer)) or not 1 <= mapped <= highest:
+                    raise DatasetFormatError(
+                        f"{self.info_file}: category id {cat!r} maps to class {mapped!r}, but num_classes="
+                        f"{self.num_classes} holds classes 1..{highest} (is the config's dataset right?)")
+            if ann['image_id'] not in self.coco.imgs:
+                self.skipped['unknown_image_id'] += 1
+                continue
+            if not _box_is_valid(ann.get('bbox')):
+                self.skipped['empty_box'] += 1
+                continue
+            segm = _clean_segmentation(ann.get('segmentation'))
+            if segm is None:
+                self.skipped['short_polygon' if isinstance(ann.get('segmentation'), list)
+                             else 'no_segmentation'] += 1
+                continue
+            by_image.setdefault(ann['image_id'], []).append(dict(ann, segmentation=segm))
+        for anns in by_image.values():
+            anns.sort(key=lambda a: bool(a.get('iscrowd', 0)))  # stable: crowds to the end
+        return by_image
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        """Returns ``(image, (target ndarray[N, 5], masks ndarray[N, H, W], num_crowds))``.
+
+        A sample whose image cannot be read, or that has no ground truth left (no usable
+        annotation, or the augmentation cropped every object away), is replaced by another
+        index drawn from a stream seeded by (resample_seed, index, attempt).
+        """
+        current = index
+        for attempt in range(1, MAX_RESAMPLE_ATTEMPTS + 1):
+            try:
+                img, target, masks, _, _, num_crowds = self.pull_item(current)
+            except ImageLoadError as e:
+                self._note_skip('unreadable_image', f'{e}')
+            else:
+                if not self.has_gt or target.shape[0] > 0:
+                    return img, (target, masks, num_crowds)
+                self._note_skip('no_ground_truth', f'image id {self.ids[current]} has no ground truth'
+                                                   ' after filtering/augmentation')
+            current = self._replacement_index(index, attempt)
+        raise RuntimeError(f"{self.info_file}: no usable sample after {MAX_RESAMPLE_ATTEMPTS} "
+                           f"replacements starting from index {index}; skipped so far: {dict(self.skipped)}")
+
+    def _note_skip(self, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        logger.warning('%s: %s; using another sample (%s so far)', self.name, detail, self.skipped[reason])
+
+    def _replacement_index(self, index: int, attempt: int) -> int:
+        rng = np.random.default_rng([self.resample_seed, index, attempt])
+        return int(rng.integers(len(self.ids)))
+
+    def _image_file(self, img_id) -> str:
+        file_name = self.coco.imgs[img_id]['file_name']
+        path = osp.join(self.root, file_name)
+        # COCO 2014 names files COCO_train2014_%012d.jpg; the download scripts store %012d.jpg.
+        if file_name.startswith('COCO') and not osp.exists(path):
+            path = osp.join(self.root, file_name.split('_')[-1])
+        return path
+
+    def _read_image(self, img_id) -> np.ndarray:
+        path = self._image_file(img_id)
+        if not osp.isfile(path):
+            raise ImageLoadError(f"image file not found: {path}")
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise ImageLoadError(f"image file could not be decoded: {path}")
+        return img
+
+    def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        """ndarray[H, W] uint8 of one (cleaned) annotation."""
+        segm = ann['segmentation']
+        if isinstance(segm, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        elif isinstance(segm['counts'], list):  # uncompressed RLE, as COCO stores crowds
+            rle = mask_utils.frPyObjects(segm, height, width)
+        else:
+            rle = segm
+        return mask_utils.decode(rle)
+
+    def pull_item(self, index: int):
+        """Returns ``(image, target, masks, height, width, num_crowds)`` of image ``ids[index]``.
+
+        image: Tensor[3, H', W'] (the transform's output; uint8 BGR without a transform).
+        target: ndarray[N, 5] float32, rows (x1, y1, x2, y2, class_idx), crowds (class -1) last.
+        masks: ndarray[N, H', W']. height, width: of the image on disk.
+        An image with no usable annotation gives N = 0. Raises ImageLoadError for an image that is
+        missing, unreadable, or whose size disagrees with the json (its masks would not fit).
+        """
+        img_id = self.ids[index]
+        anns = self._anns_by_image.get(img_id, []) if self.has_gt else []
+        num_crowds = sum(1 for a in anns if a.get('iscrowd', 0))
+
+        img = self._read_image(img_id)
+        height, width = img.shape[:2]
+        info = self.coco.imgs[img_id]
+        if (info.get('height', height), info.get('width', width)) != (height, width):
+            raise ImageLoadError(f"{self._image_file(img_id)} is {width}x{height} but the annotation "
+                                 f"file says {info.get('width')}x{info.get('height')}")
+
+        if anns:
+            masks = np.stack([self._mask(a, height, width) for a in anns])
+            target = np.asarray(self.target_transform(anns, width, height), dtype=np.float32).reshape(-1, 5)
+        else:
+            masks = np.zeros((0, height, width), dtype=np.uint8)
+            target = np.zeros((0, 5), dtype=np.float32)
+
+        if self.transform is not None:
+            if len(target) > 0:
+                img, masks, boxes, labels = self.transform(
+                    img, masks, target[:, :4], {'num_crowds': num_crowds, 'labels': target[:, 4]})
+                num_crowds = labels['num_crowds']
+                target = np.hstack((boxes, np.expand_dims(labels['labels'], axis=1))).astype(np.float32)
+            else:
+                # The transform still has to size/normalise the image; give it a dummy object.
+                img, _, _, _ = self.transform(img, np.zeros((1, height, width), dtype=np.float32),
+                                              np.array([[0, 0, 1, 1]], dtype=np.float32),
+                                              {'num_crowds': 0, 'labels': np.array([0])})
+                masks = np.zeros((0,) + img.shape[:2], dtype=np.float32)
+
+        img_t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        return img_t, target, masks, height, width, num_crowds
+
+    def pull_image(self, index: int) -> np.ndarray:
+        """The image ``ids[index]`` as read from disk: ndarray[H, W, 3] uint8 BGR, no transform."""
+        return self._read_image(self.ids[index])
+
+    def pull_anno(self, index: int) -> List[dict]:
+        """The raw json annotations of image ``ids[index]`` (unfiltered, unmodified)."""
+        return self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
+
+    def __repr__(self) -> str:
+        lines = [f'Dataset {type(self).__name__} ({self.name})',
+                 f'    Number of datapoints: {len(self)}',
+                 f'    Root Location: {self.root}',
+                 f'    Annotation file: {self.info_file}',
+                 f'    Transforms (if any): {self.transform!r}',
+                 f'    Target Transforms (if any): {self.target_transform!r}']
+        return '\n'.join(lines)
+
+
+def _id_range(label_map: Dict[int, int]) -> str:
+    ids = sorted(label_map)
+    if not ids:
+        return 'none'
+    return f'{ids[0]}..{ids[-1]}' if len(ids) > 3 else ', '.join(map(str, ids))
+
+
+def enforce_size(img: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, num_crowds: int,
+                 new_w: int, new_h: int):
+    """Fit one sample into (new_h, new_w) without changing its aspect ratio, padding with zeros
+    at the bottom/right.
+
+    img (Tensor[3, H, W]), targets (Tensor[N, 5]) with boxes in relative (x1, y1, x2, y2),
+    masks (Tensor[N, H, W]). Returns ``(img, targets, masks, num_crowds)``; ``targets`` is scaled
+    in place so its boxes stay relative to the padded size.
+    """
+    _, h, w = img.shape
+    if (h, w) == (new_h, new_w):
+        return img, targets, masks, num_crowds
+    scale = min(new_w / w, new_h / h)
+    fit_w, fit_h = int(w * scale), int(h * scale)
+    with torch.no_grad():
+        img = F.interpolate(img[None], (fit_h, fit_w), mode='bilinear', align_corners=False)[0]
+        # Masks are resized like channels of one image.
+        masks = F.interpolate(masks[None], (fit_h, fit_w), mode='bilinear', align_corners=False)[0]
+        targets[:, [0, 2]] *= fit_w / new_w
+        targets[:, [1, 3]] *= fit_h / new_h
+        pad = (0, new_w - fit_w, 0, new_h - fit_h)
+        img = F.pad(img, pad, mode='constant', value=0)
+        masks = F.pad(masks, pad, mode='constant', value=0)
+    return img, targets, masks, num_crowds
+
+
+def detection_collate(batch: Sequence[Tuple[torch.Tensor, Tuple[np.ndarray, np.ndarray, int]]]):
+    """Batch samples whose object counts differ: lists instead of stacked tensors.
+
+    Returns ``(images, (targets, masks, num_crowds))``: images is a list of Tensor[3, H, W],
+    targets a list of float Tensor[N_i, 5], masks a list of float Tensor[N_i, H, W] and
+    num_crowds a list of int.
+    """
+    images, targets, masks, num_crowds = [], [], [], []
+    for img, (target, mask, crowds) in batch:
+        images.append(img)
+        targets.append(torch.as_tensor(target, dtype=torch.float32))
+        masks.append(torch.as_tensor(mask, dtype=torch.float32))
+        num_crowds.append(crowds)
+    return images, (targets, masks, num_crowds)
+
+
+class DatasetPaths(NamedTuple):
+    """Image folders and annotation files of a dataset, named like the ``cfg.dataset`` fields."""
+    train_images: str
+    train_info: str
+    valid_images: str
+    valid_info: str
+
+
+def coco_dataset_paths(root: str) -> DatasetPaths:
+    """The paths of a COCO 2017 tree (the ``--data`` layout of the Ascend scripts)::
+
+        root/train2017/  root/val2017/  root/annotations/instances_{train,val}2017.json
+
+    Raises DatasetFileNotFoundError listing everything that is missing.
+    """
+    paths = DatasetPaths(
+        train_images=osp.join(root, 'train2017'),
+        train_info=osp.join(root, 'annotations', 'instances_train2017.json'),
+        valid_images=osp.join(root, 'val2017'),
+        valid_info=osp.join(root, 'annotations', 'instances_val2017.json'))
+    if not osp.isdir(root):
+        raise DatasetFileNotFoundError(f"COCO root folder not found: {root}")
+    missing = [osp.relpath(p, root) + ('/' if p.endswith('2017') else '')
+               for p in paths if not (osp.isdir(p) if p.endswith('2017') else osp.isfile(p))]
+    if missing:
+        raise DatasetFileNotFoundError(
+            f"COCO root {root} is missing {', '.join(missing)} (expected train2017/, val2017/, "
+            f"annotations/instances_train2017.json, annotations/instances_val2017.json)")
+    return paths

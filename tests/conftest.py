@@ -1,0 +1,33 @@
+"""Fixtures shared by the whole test suite."""
+from pathlib import Path
+
+import pytest
+
+from data.coco import DatasetPaths
+
+# The tiny synthetic dataset every test may use: generated once per session.
+SYNTHETIC_SEED = 0
+SYNTHETIC_SIZE = 256
+SYNTHETIC_TRAIN = 8
+SYNTHETIC_VAL = 4
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory) -> Path:
+    """Folder with a tiny synthetic dataset (8 train / 4 val images, 256 px, seed 0) in the layout
+    of ``python -m data.synthetic``: train/, val/, instances_train.json, instances_val.json."""
+    from data.synthetic import generate
+
+    root = tmp_path_factory.mktemp('synthetic')
+    generate(str(root), SYNTHETIC_TRAIN, SYNTHETIC_VAL, seed=SYNTHETIC_SEED, size=SYNTHETIC_SIZE,
+             workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope='session')
+def synthetic_paths(synthetic_root) -> DatasetPaths:
+    """The four paths of the tiny synthetic dataset, named like the cfg.dataset fields."""
+    return DatasetPaths(train_images=str(synthetic_root / 'train'),
+                        train_info=str(synthetic_root / 'instances_train.json'),
+                        valid_images=str(synthetic_root / 'val'),
+                        valid_info=str(synthetic_root / 'instances_val.json'))
