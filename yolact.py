@@ -98,7 +98,6 @@ class PredictionModule(nn.Module):
                                 use_pixel_scales=cfg.backbone.use_pixel_scales,
                                 preapply_sqrt=cfg.backbone.preapply_sqrt,
                                 use_square_anchors=cfg.backbone.use_square_anchors)
-        self._prior_cache: Dict[tuple, torch.Tensor] = {}
 
         if parent is None:
             if cfg.extra_head_net is None:
@@ -121,12 +120,9 @@ class PredictionModule(nn.Module):
         return nn.Sequential(*layers) if layers else nn.Identity()
 
     def priors(self, conv_h: int, conv_w: int, device: torch.device) -> torch.Tensor:
-        """Anchors for a conv_h x conv_w feature map, cached per size and device."""
-        key = (conv_h, conv_w, device)
-        if key not in self._prior_cache:
-            self._prior_cache[key] = make_priors(conv_h, conv_w, self.aspect_ratios, self.scales,
-                                                 device=device, **self._prior_args)
-        return self._prior_cache[key]
+        """Anchors for a conv_h x conv_w feature map (Yolact caches them per input size)."""
+        return make_priors(conv_h, conv_w, self.aspect_ratios, self.scales, device=device,
+                           **self._prior_args)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -134,10 +130,10 @@ class PredictionModule(nn.Module):
             x (Tensor[B, C, H, W]): one FPN level.
         Returns:
             loc (Tensor[B, H*W*A, 4]), conf (Tensor[B, H*W*A, num_classes]),
-            mask (Tensor[B, H*W*A, mask_dim]) coefficients, priors (Tensor[H*W*A, 4]).
+            mask (Tensor[B, H*W*A, mask_dim]) coefficients. Anchors come from `priors`.
         """
         src = self if self.parent[0] is None else self.parent[0]
-        batch, _, conv_h, conv_w = x.shape
+        batch = x.size(0)
         if hasattr(src, 'upfeature'):
             x = src.upfeature(x)
 
@@ -150,8 +146,7 @@ class PredictionModule(nn.Module):
             mask = self.coeff_activation(flat(src.mask_layer, src.mask_extra(x), self.mask_dim))
         else:
             mask = loc.new_zeros(batch, loc.size(1), self.mask_dim)
-        return {'loc': loc, 'conf': conf, 'mask': mask,
-                'priors': self.priors(conv_h, conv_w, x.device)}
+        return {'loc': loc, 'conf': conf, 'mask': mask}
 
 
 class FPN(nn.Module):
@@ -276,6 +271,7 @@ class Yolact(nn.Module):
         if cfg.use_semantic_segmentation_loss:
             self.semantic_seg_conv = nn.Conv2d(src_channels[0], cfg.num_classes - 1, kernel_size=1)
 
+        self._priors_cache: Dict[tuple, torch.Tensor] = {}
         self.use_focal_loss = cfg.use_focal_loss
         self.use_sigmoid_focal_loss = cfg.use_sigmoid_focal_loss
         self.use_objectness_score = cfg.use_objectness_score
@@ -376,8 +372,10 @@ class Yolact(nn.Module):
             if self.mask_proto_bias:
                 proto = torch.cat([proto, proto.new_ones(*proto.shape[:-1], 1)], dim=-1)
 
-        per_level = [layer(outs[idx]) for idx, layer in zip(self.selected_layers, self.prediction_layers)]
+        levels = [outs[idx] for idx in self.selected_layers]
+        per_level = [layer(level) for level, layer in zip(levels, self.prediction_layers)]
         preds = {key: torch.cat([p[key] for p in per_level], dim=-2) for key in per_level[0]}
+        preds['priors'] = self.priors([level.shape[-2:] for level in levels], x.device)
         if proto is not None:
             preds['proto'] = proto
 
@@ -390,6 +388,14 @@ class Yolact(nn.Module):
 
         preds['conf'] = self.class_scores(preds['conf'])
         return self.detect(preds, self)
+
+    def priors(self, level_sizes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """All anchors (Tensor[P, 4], cx cy w h) for the given FPN level sizes, cached."""
+        key = (tuple(tuple(s) for s in level_sizes), device)
+        if key not in self._priors_cache:
+            self._priors_cache[key] = torch.cat([
+                layer.priors(h, w, device) for layer, (h, w) in zip(self.prediction_layers, level_sizes)])
+        return self._priors_cache[key]
 
     def class_scores(self, conf: torch.Tensor) -> torch.Tensor:
         """Class logits (Tensor[B, P, C]) -> scores as the configured confidence loss defines them."""

@@ -1,0 +1,88 @@
+import pytest
+
+from data import config as config_module
+from data.config import (COCO_CLASSES, COCO_LABEL_MAP, ConfigError, cfg, config_names, set_cfg,
+                         set_dataset, yolact_base_config)
+
+ORIGINAL_CONFIGS = ['yolact_base_config', 'yolact_im400_config', 'yolact_im700_config',
+                    'yolact_darknet53_config', 'yolact_resnet50_config',
+                    'yolact_resnet50_pascal_config', 'yolact_plus_base_config',
+                    'yolact_plus_resnet50_config']
+
+
+@pytest.fixture(autouse=True)
+def restore_cfg():
+    yield
+    set_cfg('yolact_base_config')
+
+
+def test_every_original_config_is_registered():
+    assert set(ORIGINAL_CONFIGS) <= set(config_names())
+
+
+def test_set_cfg_replaces_global_in_place_and_names_pascal():
+    import data.config
+    same_object = data.config.cfg
+    set_cfg('yolact_im400_config')
+    assert same_object is cfg and cfg.max_size == 400 and cfg.name == 'yolact_im400'
+    # im400 rescales the base anchors: int(24 / 550 * 400) == 17
+    assert cfg.backbone.pred_scales[0] == [17]
+    set_cfg('yolact_resnet50_pascal_config')
+    assert cfg.name == 'yolact_resnet50_pascal' and cfg.num_classes == 21
+
+
+def test_set_cfg_accepts_short_name():
+    set_cfg('yolact_resnet50')
+    assert cfg.name == 'yolact_resnet50' and cfg.backbone.name == 'ResNet50'
+
+
+def test_unknown_config_lists_valid_names():
+    with pytest.raises(ConfigError) as err:
+        set_cfg('yolact_huge_config')
+    assert "yolact_huge_config" in str(err.value) and 'yolact_base_config' in str(err.value)
+
+
+def test_set_cfg_never_evaluates_code():
+    with pytest.raises(ConfigError):
+        set_cfg("__import__('os').system('echo hacked')")
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ConfigError) as err:
+        set_dataset('coco2019_dataset')
+    assert 'coco2017_dataset' in str(err.value)
+    set_dataset('coco2014_dataset')
+    assert cfg.dataset.name == 'COCO 2014'
+
+
+def test_unknown_option_fails_on_copy():
+    with pytest.raises(ConfigError, match="max_szie"):
+        yolact_base_config.copy({'max_szie': 400})
+
+
+def test_dropped_option_fails_when_switched_on_but_accepted_when_off():
+    with pytest.raises(ConfigError, match='use_yolo_regressors'):
+        yolact_base_config.copy({'use_yolo_regressors': True})
+    with pytest.raises(ConfigError, match='mask_proto_coeff_gate'):
+        cfg.mask_proto_coeff_gate = True
+    ok = yolact_base_config.copy({'use_yolo_regressors': False, 'mask_proto_grid_file': 'x.npy'})
+    assert not hasattr(ok, 'use_yolo_regressors')
+
+
+def test_copy_does_not_touch_the_source():
+    small = yolact_base_config.copy({'max_size': 300})
+    assert small.max_size == 300 and yolact_base_config.max_size == 550
+
+
+def test_coco_label_map_is_the_original():
+    assert len(COCO_CLASSES) == 80 and len(COCO_LABEL_MAP) == 80
+    assert COCO_LABEL_MAP[1] == 1 and COCO_LABEL_MAP[13] == 12 and COCO_LABEL_MAP[90] == 80
+    assert sorted(COCO_LABEL_MAP.values()) == list(range(1, 81))
+
+
+def test_plus_config_settings():
+    set_cfg('yolact_plus_base_config')
+    assert cfg.use_maskiou and cfg.rescore_mask and cfg.discard_mask_area == 25
+    assert cfg.backbone.args[1] == [0, 4, 23, 3] and cfg.backbone.args[2] == 3
+    assert len(cfg.backbone.pred_scales[0]) == 3
+    assert cfg.backbone.pred_scales[0][1] == pytest.approx(24 * 2 ** (1 / 3))

@@ -1,0 +1,172 @@
+import math
+import os
+
+import pytest
+import torch
+import torchvision
+
+import yolact
+from backbone import DCN, ResNetBackbone
+from data.config import cfg, set_cfg
+from utils.checkpoint import CheckpointError
+
+HERE = os.path.dirname(__file__)
+ORIGINAL_CONFIGS = ['yolact_base_config', 'yolact_im400_config', 'yolact_im700_config',
+                    'yolact_darknet53_config', 'yolact_resnet50_config',
+                    'yolact_resnet50_pascal_config', 'yolact_plus_base_config',
+                    'yolact_plus_resnet50_config']
+
+
+@pytest.fixture(autouse=True)
+def restore_cfg():
+    yield
+    set_cfg('yolact_base_config')
+
+
+def reference_keys(config_name):
+    """name -> (shape, dtype) as the original's Yolact().state_dict() has them."""
+    ref = {}
+    with open(os.path.join(HERE, 'data', 'checkpoint_keys', f'{config_name}.txt')) as f:
+        for line in f:
+            if line.startswith('#'):
+                continue
+            name, shape, dtype = line.rstrip('\n').split('\t')
+            ref[name] = ([int(s) for s in shape.strip('[]').split(',') if s.strip()], dtype)
+    return ref
+
+
+@pytest.mark.parametrize('config_name', ORIGINAL_CONFIGS)
+def test_state_dict_matches_the_original(config_name):
+    set_cfg(config_name)
+    net = yolact.Yolact()
+    mine = {k: (list(v.shape), str(v.dtype).replace('torch.', '')) for k, v in net.state_dict().items()}
+    ref = reference_keys(config_name)
+    assert sorted(mine) == sorted(ref)
+    assert {k: mine[k] for k in ref} == ref
+
+
+def test_priors_hand_computed():
+    priors = yolact.make_priors(2, 3, [[1, 0.5, 2]], [24], max_size=550, use_pixel_scales=True,
+                                preapply_sqrt=False, use_square_anchors=True)
+    assert priors.shape == (2 * 3 * 3, 4) and priors.dtype == torch.float32
+    # first cell (row 0, col 0): centre (0.5/3, 0.5/2), ratio 1
+    assert priors[0].tolist() == pytest.approx([0.5 / 3, 0.25, 24 / 550, 24 / 550])
+    # ratio 1/2: w = 24 * sqrt(0.5) / 550, and h = w (square anchors of the published models)
+    w = 24 * math.sqrt(0.5) / 550
+    assert priors[1].tolist() == pytest.approx([0.5 / 3, 0.25, w, w])
+    # cells run along the row first: index 3 is row 0, col 1
+    assert priors[3, :2].tolist() == pytest.approx([1.5 / 3, 0.25])
+    assert priors[9, :2].tolist() == pytest.approx([0.5 / 3, 0.75])
+    rect = yolact.make_priors(1, 1, [[4]], [2], max_size=10, use_pixel_scales=False,
+                              preapply_sqrt=False, use_square_anchors=False)
+    assert rect[0].tolist() == pytest.approx([0.5, 0.5, 4.0, 1.0])
+
+
+def small_resnet50(max_size=128):
+    set_cfg('yolact_resnet50_config')
+    cfg.max_size = max_size
+    return yolact.Yolact()
+
+
+def test_train_mode_outputs_and_cached_priors():
+    torch.manual_seed(0)
+    net = small_resnet50()
+    net.init_weights(backbone_path=None)
+    net.train()
+    out = net(torch.randn(2, 3, 128, 128))
+    num_priors = 3 * (16 ** 2 + 8 ** 2 + 4 ** 2 + 2 ** 2 + 1)
+    assert out['loc'].shape == (2, num_priors, 4)
+    assert out['conf'].shape == (2, num_priors, 81)
+    assert out['mask'].shape == (2, num_priors, 32)
+    assert out['priors'].shape == (num_priors, 4)
+    assert out['proto'].shape == (2, 32, 32, 32)
+    assert out['segm'].shape == (2, 80, 16, 16)
+    assert out['mask'].abs().max() <= 1  # tanh coefficients
+    assert out['proto'].min() >= 0  # relu prototypes
+    again = net(torch.randn(1, 3, 128, 128))['priors']
+    assert again.data_ptr() == out['priors'].data_ptr()  # cached per size and device
+
+
+def test_freeze_bn():
+    net = small_resnet50()
+    net.bn_frozen = True
+    net.train()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training and not m.weight.requires_grad for m in bns)
+    net.freeze_bn(True)
+    assert all(m.training and m.weight.requires_grad for m in bns)
+
+
+def test_save_load_round_trip_and_compatibility_rules(tmp_path):
+    torch.manual_seed(1)
+    net = small_resnet50()
+    path = str(tmp_path / 'yolact_resnet50_1_10.pth')
+    net.save_weights(path)
+    state = torch.load(path, weights_only=True)
+    # Old checkpoints: a stray 'backbone.layer1...' copy and more FPN downsample layers.
+    state['backbone.layer1.0.conv1.weight'] = torch.zeros(1)
+    state['fpn.downsample_layers.2.weight'] = torch.zeros(1)
+    torch.save(state, path)
+    other = small_resnet50()
+    other.load_weights(path)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+
+
+def test_loading_another_configs_checkpoint_names_the_keys(tmp_path):
+    net = small_resnet50()
+    path = str(tmp_path / 'r50.pth')
+    net.save_weights(path)
+    set_cfg('yolact_darknet53_config')
+    dark = yolact.Yolact()
+    with pytest.raises(CheckpointError) as err:
+        dark.load_weights(path)
+    msg = str(err.value)
+    assert 'missing' in msg and 'unexpected' in msg and 'backbone.' in msg and '\n' not in msg
+
+
+def test_init_backbone_from_torchvision_state_dict(tmp_path):
+    tv = torchvision.models.resnet50()
+    path = str(tmp_path / 'resnet50_tv.pth')
+    torch.save(tv.state_dict(), path)
+    backbone = ResNetBackbone([3, 4, 6, 3])
+    untouched = backbone.init_backbone(path)
+    assert untouched == []
+    assert torch.equal(backbone.layers[2][5].conv2.weight, tv.layer3[5].conv2.weight)
+    assert torch.equal(backbone.bn1.running_var, tv.bn1.running_var)
+
+
+def test_init_backbone_rejects_a_foreign_file(tmp_path):
+    path = str(tmp_path / 'other.pth')
+    torch.save({'foo.weight': torch.ones(2)}, path)
+    with pytest.raises(ValueError, match='none of its 1 tensors match'):
+        ResNetBackbone([3, 4, 6, 3]).init_backbone(path)
+
+
+def test_dcn_with_zero_offsets_is_a_half_weighted_conv():
+    torch.manual_seed(0)
+    dcn = DCN(4, 6, kernel_size=3, stride=2, padding=1)
+    with torch.no_grad():
+        dcn.bias.uniform_()
+    x = torch.randn(1, 4, 9, 9)
+    expected = 0.5 * torch.nn.functional.conv2d(x, dcn.weight, None, stride=2, padding=1) \
+        + dcn.bias.view(1, -1, 1, 1)
+    assert torch.allclose(dcn(x), expected, atol=1e-5)
+
+
+def test_batched_inference_at_550_on_cpu():
+    torch.manual_seed(0)
+    set_cfg('yolact_base_config')
+    net = yolact.Yolact()
+    net.init_weights(backbone_path=None)
+    with torch.no_grad():
+        net.prediction_layers[0].conf_layer.weight.mul_(25)  # random weights: get some detections
+    net.eval()
+    with torch.inference_mode():
+        dets = net(torch.randn(2, 3, 550, 550))
+    assert len(dets) == 2
+    for det in dets:
+        d = det['detection']
+        assert d is not None and d['box'].shape[1] == 4
+        assert d['mask'].shape[1] == 32 and d['proto'].shape == (138, 138, 32)
+        assert len(d['class']) == len(d['score']) <= cfg.max_num_detections
