@@ -153,10 +153,10 @@ class Detect:
         Returns:
             (boxes [D, 4], masks [D, M], classes [D], scores [D]), sorted by score, descending.
         """
-        num_classes = scores.shape[0]
-        sorted_scores, order = scores.sort(dim=1, descending=True)
-        order = order[:, :top_k]                       # [C, K] candidate indices
-        sorted_scores = sorted_scores[:, :top_k]
+        num_classes, num_boxes = scores.shape
+        # topk rather than a full sort: same result up to the order of exactly tied scores, and
+        # several times faster on the ~19k priors of a 550 px image.
+        sorted_scores, order = scores.topk(min(top_k, num_boxes), dim=1)  # [C, K]
 
         cls_boxes = boxes[order]                       # [C, K, 4]
         # iou[c, i, j] with i ranked above j; only "a better box overlaps me" counts.
@@ -184,7 +184,7 @@ class Detect:
         ``max_num_detections`` (``top_k`` already bounds it). Sorted by score, descending.
         """
         best_scores, classes = scores.max(dim=0)
-        order = best_scores.sort(dim=0, descending=True).indices[:top_k]
+        order = best_scores.topk(min(top_k, best_scores.shape[0])).indices
         ranked = boxes[order]
         iou = jaccard(ranked, ranked).triu_(diagonal=1)
         kept_idx = order[iou.max(dim=0).values <= iou_threshold]
