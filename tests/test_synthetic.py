@@ -10,7 +10,8 @@ from pycocotools.coco import COCO
 from data.config import SYNTHETIC_CLASSES
 from data.synthetic import MIN_VISIBLE_AREA, generate, main, render_image
 
-from conftest import SYNTHETIC_SEED, SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL
+# Parameters of the session fixture `synthetic_root` (tests/conftest.py).
+SYNTHETIC_SEED, SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL = 0, 256, 8, 4
 
 
 def _read_bytes(path):
