@@ -635,3 +635,37 @@ def set_cfg(config_name: str) -> None:
 def set_dataset(dataset_name: str) -> None:
     """Make `dataset_name` (e.g. 'coco2017_dataset') the dataset of the active config."""
     cfg.dataset = _lookup(dataset_name, '_dataset')
+
+
+# ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
+
+# Trains from scratch (no pretrained weights on a fresh machine) on the synthetic shapes in minutes
+# on two CPU cores: a ResNet-18 backbone, a 256 px input, narrower FPN/heads and fewer prototypes.
+yolact_resnet18_synthetic_config = yolact_base_config.copy({
+    'name': 'yolact_resnet18_synthetic',
+    'dataset': synthetic_dataset,
+    'num_classes': len(synthetic_dataset.class_names) + 1,
+    'max_size': 256,
+    'lr': 1e-2,
+    'lr_warmup_init': 1e-4,
+    'lr_warmup_until': 100,
+    'lr_steps': (1400, 1800),
+    'max_iter': 2000,
+    'backbone': resnet18_backbone.copy({
+        'selected_layers': list(range(1, 4)),
+        'pred_scales': [[16], [32], [64], [128], [256]],
+        'pred_aspect_ratios': [[[1, 1 / 2, 2]]] * 5,
+        'use_pixel_scales': True,
+        'preapply_sqrt': False,
+        'use_square_anchors': False,
+    }),
+    'fpn': fpn_base.copy({
+        'num_features': 128,
+        'use_conv_downsample': True,
+        'num_downsample': 2,
+    }),
+    'mask_proto_net': [(128, 3, {'padding': 1})] * 2 + [(None, -2, {}), (128, 3, {'padding': 1})]
+                      + [(16, 1, {})],
+    'extra_head_net': [(128, 3, {'padding': 1})],
+    'masks_to_train': 64,
+})
