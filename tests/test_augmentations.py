@@ -3,6 +3,7 @@ hand-computed geometry and normalisation, and agreement with the original YOLACT
 (tests/data/aug_reference.npz, see tests/data/aug_reference.md)."""
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -302,7 +303,6 @@ def test_resize_square_without_gt_and_many_masks():
     _, out_masks, _, _ = Resize(max_size=6, preserve_aspect_ratio=False)(
         np.zeros((12, 10, 3), np.float32), masks, boxes, {'num_crowds': 0, 'labels': np.zeros(300)})
     assert out_masks.shape == (300, 6, 6)
-    import cv2
     for i in (0, 127, 128, 299):
         np.testing.assert_array_equal(out_masks[i], cv2.resize(masks[i], (6, 6)))
 
@@ -398,6 +398,9 @@ def test_fast_base_transform_takes_dtype_and_device_from_input(base_cfg):
     np.testing.assert_allclose(out64[0, 0].numpy(), expected, rtol=1e-12)
     with pytest.raises(ValueError, match='N, H, W, 3'):
         FastBaseTransform()(img[0])
+    # mean/std are made on the input's device: a meta tensor would not mix with CPU constants
+    meta = FastBaseTransform()(torch.empty((1, 5, 7, 3), device='meta'))
+    assert meta.device.type == 'meta' and meta.shape == (1, 3, 64, 64)
 
 
 @pytest.mark.parametrize('name', list(BACKBONE_TRANSFORMS))
