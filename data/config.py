@@ -415,7 +415,8 @@ coco_base_config = Config({
     'augment_random_mirror': True,
     'augment_random_flip': False,
     'augment_random_rot90': False,
-    # Drop augmented boxes narrower/shorter than this (fraction of the image).
+    # Drop boxes narrower/shorter than this at resize time. As in the original, training compares
+    # it with pixel sizes (so only near-empty boxes go) and evaluation with image fractions.
     'discard_box_width': 4 / 550,
     'discard_box_height': 4 / 550,
 
@@ -461,7 +462,7 @@ coco_base_config = Config({
 
     # Input size (images are resized to max_size x max_size).
     'max_size': 300,
-    # Resize keeping aspect ratio, longest side max_size (training only).
+    # Resize keeping the aspect ratio to an area of about max_size^2 (training only).
     'preserve_aspect_ratio': False,
 
     'backbone': None,
