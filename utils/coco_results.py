@@ -1,0 +1,256 @@
+"""Detections -> COCO result dicts -> box and mask mAP with pycocotools' COCOeval.
+
+The one place that knows the COCO results format: boxes as pixel (x, y, width, height), masks as
+RLE, category ids of the annotation file. Everything here is pure over its inputs (no ``cfg``).
+
+The numbers are reported the way the original eval.py printed them: AP in percent at each IoU
+threshold .50, .55, ... .95 plus their mean ('all'), for 'box' and 'mask'. They come from COCOeval
+(area 'all', 100 detections per image), so they equal the first line of COCOeval's summary.
+"""
+import contextlib
+import copy
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# IoU thresholds of the table, in percent: 50, 55, ..., 95.
+IOU_THRESHOLDS = tuple(range(50, 100, 5))
+# Our names for the two tasks -> COCOeval's iouType.
+IOU_TYPES = {'box': 'bbox', 'mask': 'segm'}
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def category_ids(label_map: Mapping[int, int]) -> Dict[int, int]:
+    """Class index (0-based, as Detect reports it) -> COCO category id.
+
+    Args:
+        label_map: category_id -> class index + 1, as ``data.coco.get_label_map()`` returns it.
+    """
+    inverse = {}
+    for cat_id, label in label_map.items():
+        if label - 1 in inverse:
+            raise ValueError(f"label map sends two category ids ({inverse[label - 1]} and {cat_id}) "
+                             f"to class {label}; it must be one-to-one")
+        inverse[int(label) - 1] = int(cat_id)
+    return inverse
+
+
+def box_to_xywh(box: Sequence[float]) -> List[float]:
+    """(x1, y1, x2, y2) in pixels -> COCO (x, y, width, height), rounded to 0.1 px as COCO suggests."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [round(v, 1) for v in (x1, y1, x2 - x1, y2 - y1)]
+
+
+def encode_masks(masks: ArrayLike) -> List[dict]:
+    """Binary masks -> COCO RLEs with str counts (json-serialisable).
+
+    Args:
+        masks (ndarray or Tensor[N, H, W]): nonzero = inside.
+    """
+    masks = _numpy(masks)
+    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    if binary.shape[0] == 0:
+        return []
+    # pycocotools wants [H, W, N] in Fortran order and encodes all masks in one call.
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle['counts'] = rle['counts'].decode('ascii')
+    return rles
+
+
+def _scores_pair(scores) -> tuple:
+    """postprocess's scores: one Tensor, or [box scores, mask scores] for YOLACT++ re-scoring."""
+    if isinstance(scores, (list, tuple)):
+        return _numpy(scores[0]).astype(float), _numpy(scores[1]).astype(float)
+    s = _numpy(scores).astype(float)
+    return s, s
+
+
+@dataclass
+class CocoResults:
+    """COCO result dicts of the images evaluated so far.
+
+    Args:
+        label_map: category_id -> class index + 1 (``data.coco.get_label_map()``).
+    """
+    label_map: Mapping[int, int]
+    bbox: List[dict] = field(default_factory=list)
+    segm: List[dict] = field(default_factory=list)
+    image_ids: List[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._cat_ids = category_ids(self.label_map)
+
+    def add(self, image_id: int, classes: ArrayLike, scores, boxes: ArrayLike,
+            masks: Optional[ArrayLike] = None) -> None:
+        """Record the detections of one image (call it for images without detections too).
+
+        Args:
+            classes (Tensor[D]) int, 0-based class indices.
+            scores (Tensor[D]), or [box scores, mask scores] as postprocess returns for YOLACT++.
+            boxes (Tensor[D, 4]) in pixel (x1, y1, x2, y2).
+            masks (Tensor[D, H, W]) binary full-image masks, or None when only boxes are evaluated.
+        """
+        self.image_ids.append(int(image_id))
+        classes = _numpy(classes).astype(int).reshape(-1)
+        if classes.shape[0] == 0:
+            return
+        boxes = _numpy(boxes).reshape(-1, 4)
+        box_scores, mask_scores = _scores_pair(scores)
+        # Like the original, a detection with an empty box is not reported at all.
+        valid = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
+        rles = encode_masks(_numpy(masks)[valid]) if masks is not None else None
+        for n, i in enumerate(np.flatnonzero(valid)):
+            if int(classes[i]) not in self._cat_ids:
+                raise ValueError(f"class index {int(classes[i])} has no category id in the label map "
+                                 f"(it covers classes 0..{len(self._cat_ids) - 1})")
+            cat_id = self._cat_ids[int(classes[i])]
+            self.bbox.append({'image_id': int(image_id), 'category_id': cat_id,
+                              'bbox': box_to_xywh(boxes[i]), 'score': float(box_scores[i])})
+            if rles is not None:
+                self.segm.append({'image_id': int(image_id), 'category_id': cat_id,
+                                  'segmentation': rles[n], 'score': float(mask_scores[i])})
+
+    def dump(self, bbox_path: str, mask_path: Optional[str]) -> None:
+        """Write the box (and mask) results as COCO result json files."""
+        outputs = [(self.bbox, bbox_path)] + ([(self.segm, mask_path)] if mask_path else [])
+        for results, path in outputs:
+            with open(path, 'w') as f:
+                json.dump(results, f)
+
+
+def load_results(coco_gt: COCO, results: Union[str, List[dict]]) -> COCO:
+    """A COCO object of detections: ``coco_gt.loadRes``, but also for an empty list (which
+    pycocotools cannot load) and without altering the caller's dicts or printing."""
+    if isinstance(results, str):
+        with open(results) as f:
+            results = json.load(f)
+    if len(results) > 0:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(copy.deepcopy(results))
+    empty = COCO()
+    empty.dataset = {'images': list(coco_gt.dataset['images']),
+                     'categories': copy.deepcopy(coco_gt.dataset.get('categories', [])),
+                     'annotations': []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
+    return empty
+
+
+@dataclass
+class TaskScores:
+    """COCOeval's numbers for one task ('box' or 'mask').
+
+    ap: {'all': mean, 50: AP@.50, 55: ..., 95: ...} in percent.
+    stats: the 12 numbers of COCOeval.summarize() (fractions; -1 where undefined).
+    summary: summarize()'s printed text.
+    """
+    ap: Dict[Union[str, int], float]
+    stats: List[float]
+    summary: str
+
+
+def run_cocoeval(coco_gt: COCO, results: Union[str, List[dict]], task: str,
+                 image_ids: Optional[Iterable[int]] = None) -> TaskScores:
+    """Evaluate `results` (result dicts or a json path) against `coco_gt` with COCOeval.
+
+    Args:
+        task: 'box' or 'mask'.
+        image_ids: the images that were evaluated (all of coco_gt's when None). Images left out of
+            a partial run must not count as missed ground truth.
+    """
+    if task not in IOU_TYPES:
+        raise ValueError(f"task must be one of {sorted(IOU_TYPES)}, got {task!r}")
+    coco_dt = load_results(coco_gt, results)
+    evaluator = COCOeval(coco_gt, coco_dt, IOU_TYPES[task])
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.summarize()
+    return TaskScores(ap=ap_per_threshold(evaluator), stats=[float(s) for s in evaluator.stats],
+                      summary=summary.getvalue())
+
+
+def ap_per_threshold(evaluator: COCOeval) -> Dict[Union[str, int], float]:
+    """AP in percent at each IoU threshold and their mean, from an accumulated COCOeval.
+
+    Uses area range 'all' and the largest maxDets, as summarize()'s first line; classes without
+    ground truth (precision -1) are left out of the mean, as COCOeval does.
+    """
+    params = evaluator.params
+    precision = evaluator.eval['precision']  # [T, R, K, A, M]
+    area = params.areaRngLbl.index('all')
+    dets = len(params.maxDets) - 1
+    ap: Dict[Union[str, int], float] = {}
+    for t, iou in enumerate(params.iouThrs):
+        p = precision[t, :, :, area, dets]
+        p = p[p > -1]
+        ap[int(round(iou * 100))] = float(p.mean() * 100) if p.size else 0.0
+    # 'all' comes first, like the original's table.
+    per_iou = [ap[k] for k in IOU_THRESHOLDS if k in ap]
+    return {'all': sum(per_iou) / len(per_iou) if per_iou else 0.0, **ap}
+
+
+def evaluate_results(coco_gt: COCO, results: CocoResults, tasks: Sequence[str] = ('box', 'mask')
+                     ) -> Dict[str, TaskScores]:
+    """Box and/or mask scores of `results` over the images it holds: {task: TaskScores}."""
+    out: Dict[str, TaskScores] = {}
+    for task in tasks:
+        dets = results.bbox if task == 'box' else results.segm
+        out[task] = run_cocoeval(coco_gt, dets, task, image_ids=results.image_ids)
+    return out
+
+
+def format_map_table(maps: Mapping[str, Mapping[Union[str, int], float]]) -> str:
+    """The original eval.py's table: one column per key ('all', .50 ... .95), one row per task."""
+    tasks = [t for t in ('box', 'mask') if t in maps]
+    if not tasks:
+        return ''
+    keys = list(maps[tasks[0]].keys())
+
+    def row(cells: Sequence[str]) -> str:
+        return ''.join(f' {c:>5} |' for c in cells)
+
+    header = row([''] + [f'.{k} ' if isinstance(k, int) else f'{k} ' for k in keys])
+    separator = '-------+' * (len(keys) + 1)
+    lines = [header, separator]
+    for task in tasks:
+        values = [maps[task][k] for k in keys]
+        lines.append(row([task] + [f'{v:.2f}' if v < 100 else f'{v:.1f}' for v in values]))
+    lines.append(separator)
+    return '\n'.join(lines)
+
+
+def parse_map_table(text: str) -> Dict[str, Dict[Union[str, int], float]]:
+    """Read back a table written by `format_map_table` (the rows of the last table in `text`)."""
+    maps: Dict[str, Dict[Union[str, int], float]] = {}
+    keys: List[Union[str, int]] = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split('|')[:-1]]
+        if len(cells) < 2:
+            continue
+        if cells[0] == '' and cells[1] == 'all':
+            keys = ['all'] + [int(c.lstrip('.')) for c in cells[2:]]
+            maps = {}
+        elif keys and cells[0] in IOU_TYPES:
+            maps[cells[0]] = {k: float(v) for k, v in zip(keys, cells[1:])}
+    return maps

@@ -1,0 +1,393 @@
+"""Running a trained YOLACT on pictures: single images, folders, videos or a webcam, and timing it.
+
+`Predictor` owns the device side (moving frames, the backbone transform, optional autocast);
+the functions below turn its output into drawn pictures (utils/visualize.py) or FPS numbers.
+eval.py parses the flags and calls these.
+"""
+import contextlib
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from layers.output_utils import postprocess
+from utils.augmentations import FastBaseTransform
+from utils.device import synchronize
+from utils.visualize import DrawOptions, draw_detections, prototype_mosaic
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+class InferenceError(RuntimeError):
+    """An input (image, folder, video) or output cannot be used."""
+
+
+def amp_dtype(device_type: str, name: str = 'auto') -> torch.dtype:
+    """The autocast dtype for `--amp_dtype name`: 'auto' is bf16 on CPU, fp16 on GPU/NPU."""
+    if name == 'auto':
+        return torch.bfloat16 if device_type == 'cpu' else torch.float16
+    if name not in AMP_DTYPES:
+        raise ValueError(f"--amp_dtype must be auto, {' or '.join(AMP_DTYPES)}; got {name!r}")
+    return AMP_DTYPES[name]
+
+
+def _detections_to_float32(det_output: List[Dict]) -> List[Dict]:
+    """Under autocast the detections come out in half precision; postprocess and the COCO
+    conversion expect float32 (integer tensors are left alone)."""
+    for entry in det_output:
+        det = entry.get('detection')
+        if det is not None:
+            for key, val in det.items():
+                if isinstance(val, torch.Tensor) and val.is_floating_point():
+                    det[key] = val.float()
+    return det_output
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    try:
+        return next(net.parameters()).device
+    except StopIteration:
+        return torch.device('cpu')
+
+
+class Predictor:
+    """Runs the network in eval mode on BGR frames.
+
+    Args:
+        net: a Yolact in eval mode (its forward returns Detect's output).
+        device: where to compute; default: where the net's parameters are.
+        amp: run the network under torch.autocast.
+        amp_dtype_name: 'auto', 'fp16' or 'bf16' (see `amp_dtype`).
+    """
+
+    def __init__(self, net: nn.Module, device: Optional[torch.device] = None, amp: bool = False,
+                 amp_dtype_name: str = 'auto'):
+        self.net = net
+        self.device = device if device is not None else _device_of(net)
+        self.amp = amp
+        self.dtype = amp_dtype(self.device.type, amp_dtype_name) if amp else None
+        self.transform = FastBaseTransform()
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def to_device(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """Frames (ndarray[H, W, 3] uint8 BGR, same size) -> Tensor[N, H, W, 3] float32 on the device."""
+        batch = torch.from_numpy(np.stack(frames)).to(self.device)
+        return batch.float()
+
+    def run_batch(self, batch: torch.Tensor) -> List[Dict]:
+        """batch (Tensor[N, 3, h, w]) already transformed for the backbone -> Detect's output."""
+        with torch.no_grad(), self.autocast():
+            out = self.net(batch.to(self.device))
+        return _detections_to_float32(out) if self.amp else out
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> Tuple[torch.Tensor, List[Dict]]:
+        """Frames (BGR uint8, same size) -> (the frames on the device as Tensor[N, H, W, 3] float,
+        Detect's output for them)."""
+        on_device = self.to_device(frames)
+        with torch.no_grad():
+            batch = self.transform(on_device)
+        return on_device, self.run_batch(batch)
+
+
+@dataclass
+class InferenceOptions:
+    """The flags that shape how results are made and drawn."""
+    draw: DrawOptions = field(default_factory=DrawOptions)
+    crop_masks: bool = True
+    display_lincomb: bool = False
+    display_fps: bool = False
+    video_multiframe: int = 1
+    no_bar: bool = False
+
+
+def best_detections(det_output: List[Dict], index: int, k: int) -> List[Dict]:
+    """Detect's output reduced to image `index` and its `k` best-scoring detections, so that only
+    the masks to be drawn are assembled at full image size."""
+    entry = det_output[index]
+    det = entry['detection']
+    if det is None:
+        return [entry]
+    order = det['score'].argsort(descending=True)[:max(k, 0)]
+    trimmed = {key: (val if key == 'proto' else val[order]) for key, val in det.items()}
+    return [{**entry, 'detection': trimmed}]
+
+
+def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names: Sequence[str],
+           opts: InferenceOptions, fps_text: str = '') -> np.ndarray:
+    """One frame's detections drawn on it.
+
+    Args:
+        frame (Tensor[H, W, 3]) BGR 0..255 on the device.
+        det_output: Detect's output for the batch holding the frame, `index` its position.
+    Returns:
+        ndarray[H, W, 3] uint8 BGR.
+    """
+    h, w = frame.shape[:2]
+    classes, scores, boxes, masks = postprocess(best_detections(det_output, index, opts.draw.top_k), w, h,
+                                                crop_masks=opts.crop_masks,
+                                                score_threshold=opts.draw.score_threshold)
+    if isinstance(scores, list):
+        # YOLACT++ re-scoring: rank and label by the mask score, as the original's display did.
+        scores = scores[1]
+    if masks.dim() != 3:
+        masks = None  # --detect: the mask branch did not run, these are raw coefficients
+    return draw_detections(frame, classes, scores, boxes, masks, class_names, opts.draw, fps_text)
+
+
+def display_available() -> bool:
+    """Whether cv2.imshow can open a window here (a display server and a GUI-enabled OpenCV)."""
+    if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        return False
+    try:
+        cv2.namedWindow('yolact-probe', cv2.WINDOW_NORMAL)
+        cv2.destroyWindow('yolact-probe')
+        return True
+    except cv2.error:
+        return False
+
+
+def default_output_path(input_path: str, suffix: str) -> str:
+    """Where a result is saved when no output path was given: beside the input, <name>_yolact<suffix>."""
+    p = Path(input_path)
+    return str(p.with_name(p.stem + '_yolact' + suffix))
+
+
+def read_image(path: str) -> np.ndarray:
+    """ndarray[H, W, 3] uint8 BGR, or InferenceError naming the file."""
+    if not os.path.isfile(path):
+        raise InferenceError(f"image not found: {path}")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise InferenceError(f"could not read an image from {path} (unsupported or corrupt file)")
+    return img
+
+
+def write_image(path: str, img: np.ndarray) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if not cv2.imwrite(path, img):
+        raise InferenceError(f"could not write {path} (unknown image extension or unwritable folder)")
+
+
+def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_names: Sequence[str],
+              opts: InferenceOptions) -> Optional[str]:
+    """Detect objects in one image and draw them.
+
+    Without `save_path` the result is shown in a window when a display exists, otherwise it is
+    written beside the input as <name>_yolact.png. Returns the path written, if any.
+    """
+    img = read_image(path)
+    frames, det_output = predictor([img])
+    drawn = render(frames[0], det_output, 0, class_names, opts)
+
+    if save_path is None and display_available():
+        cv2.imshow(path, drawn)
+        if opts.display_lincomb:
+            show_lincomb(det_output, path)
+        cv2.waitKey(0)
+        cv2.destroyAllWindows()
+        return None
+    if save_path is None:
+        save_path = default_output_path(path, '.png')
+        print(f'No display available; saving the result to {save_path}')
+    write_image(save_path, drawn)
+    if opts.display_lincomb:
+        save_lincomb(det_output, default_output_path(save_path, '.png').replace('_yolact.png', '_lincomb.png'))
+    return save_path
+
+
+def _prototypes(det_output: List[Dict]) -> Optional[torch.Tensor]:
+    det = det_output[0]['detection']
+    return None if det is None else det.get('proto')
+
+
+def show_lincomb(det_output: List[Dict], title: str) -> None:
+    proto = _prototypes(det_output)
+    if proto is not None:
+        cv2.imshow(title + ' (prototypes)', prototype_mosaic(proto))
+
+
+def save_lincomb(det_output: List[Dict], path: str) -> None:
+    """Write the mask prototypes of the image as a mosaic (--display_lincomb)."""
+    proto = _prototypes(det_output)
+    if proto is not None:
+        write_image(path, prototype_mosaic(proto))
+        print(f'Prototypes -> {path}')
+
+
+def list_images(folder: str) -> List[Path]:
+    if not os.path.isdir(folder):
+        raise InferenceError(f"input folder not found: {folder}")
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def evalimages(predictor: Predictor, input_folder: str, output_folder: str, class_names: Sequence[str],
+               opts: InferenceOptions) -> List[str]:
+    """Draw detections on every image of a folder; results are <output_folder>/<name>.png."""
+    images = list_images(input_folder)
+    if not images:
+        raise InferenceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_folder}")
+    os.makedirs(output_folder, exist_ok=True)
+    written = []
+    for path in images:
+        out_path = os.path.join(output_folder, path.stem + '.png')
+        evalimage(predictor, str(path), out_path, class_names, opts)
+        print(f'{path} -> {out_path}')
+        written.append(out_path)
+    print('Done.')
+    return written
+
+
+def open_video(source: str) -> Tuple[cv2.VideoCapture, bool]:
+    """A capture for a file or, for a number, that webcam. Returns (capture, is_webcam)."""
+    is_webcam = source.isdigit()
+    if not is_webcam and not os.path.isfile(source):
+        raise InferenceError(f"video not found: {source}")
+    capture = cv2.VideoCapture(int(source) if is_webcam else source)
+    if not capture.isOpened():
+        raise InferenceError(f"could not open video {'camera ' if is_webcam else ''}{source}")
+    return capture, is_webcam
+
+
+def read_frames(capture: cv2.VideoCapture, batch_size: int) -> Iterator[List[np.ndarray]]:
+    """Batches of up to `batch_size` consecutive frames until the video ends."""
+    while True:
+        frames = []
+        for _ in range(batch_size):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+        if not frames:
+            return
+        yield frames
+
+
+class MovingAverage:
+    """Mean of the last `window` values."""
+
+    def __init__(self, window: int = 100):
+        self.values = deque(maxlen=window)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values) if self.values else 0.0
+
+
+def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_names: Sequence[str],
+              opts: InferenceOptions) -> int:
+    """Draw detections on every frame of a video file or webcam (`source` is a number).
+
+    Frames are processed `opts.video_multiframe` at a time as one batch. The result goes to
+    `out_path` (mp4); without one it is shown in a window when a display exists (Escape stops),
+    otherwise written beside the input as <name>_yolact.mp4. Returns the number of frames processed.
+    """
+    capture, is_webcam = open_video(source)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    width = round(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = round(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = None if is_webcam else (round(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None)
+
+    show = out_path is None and display_available()
+    if out_path is None and not show:
+        out_path = (f'webcam{source}_yolact.mp4' if is_webcam
+                    else default_output_path(source, '.mp4'))
+        print(f'No display available; saving the result to {out_path}')
+    writer = None
+    if out_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+        if not writer.isOpened():
+            capture.release()
+            raise InferenceError(f"could not open {out_path} for writing (mp4v codec)")
+
+    frame_times = MovingAverage()
+    processed = 0
+    bar = tqdm(total=total, unit='frame', disable=opts.no_bar or show)
+    try:
+        for frames in read_frames(capture, max(1, opts.video_multiframe)):
+            start = time.perf_counter()
+            on_device, det_output = predictor(frames)
+            fps_text = f'Processing FPS: {1 / frame_times.mean():.2f}' if frame_times.mean() > 0 else ''
+            drawn = [render(on_device[i], det_output, i, class_names, opts,
+                            fps_text if opts.display_fps else '') for i in range(len(frames))]
+            frame_times.add((time.perf_counter() - start) / len(frames))
+            for img in drawn:
+                if writer is not None:
+                    writer.write(img)
+                else:
+                    cv2.imshow(source, img)
+            processed += len(frames)
+            bar.update(len(frames))
+            if show and cv2.waitKey(1) == 27:  # Escape
+                break
+    except KeyboardInterrupt:
+        print('\nStopping...')
+    finally:
+        bar.close()
+        capture.release()
+        if writer is not None:
+            writer.release()
+            print(f'{processed} frames -> {out_path}')
+        if show:
+            cv2.destroyAllWindows()
+    return processed
+
+
+def benchmark(predictor: Predictor, load_image: Callable[[int], np.ndarray], indices: Sequence[int],
+              top_k: int, crop_masks: bool = True, score_threshold: float = 0, warmup: int = 2,
+              no_bar: bool = False) -> float:
+    """Average frames per second of network + postprocess over the images `indices`.
+
+    Image loading is not timed. `warmup` extra passes on the first image run first and are not
+    counted (allocator, cuDNN autotuning, lazy initialisation). Each timed pass ends by copying
+    the top_k results to the CPU and synchronising the device, so queued work is counted.
+    Returns the FPS (also printed with the mean time per image).
+    """
+    if len(indices) == 0:
+        raise InferenceError("--benchmark needs at least one image")
+    device = predictor.device
+
+    def one_pass(img: np.ndarray) -> None:
+        h, w = img.shape[:2]
+        _, det_output = predictor([img])
+        classes, scores, boxes, masks = postprocess(det_output, w, h, crop_masks=crop_masks,
+                                                    score_threshold=score_threshold)
+        if isinstance(scores, list):
+            scores = scores[0]
+        for t in (classes, scores, boxes, masks):
+            t[:top_k].cpu()
+        synchronize(device)
+
+    first = load_image(indices[0])
+    for _ in range(warmup):
+        one_pass(first)
+
+    elapsed = 0.0
+    for idx in tqdm(indices, unit='img', disable=no_bar):
+        img = load_image(idx)
+        synchronize(device)
+        start = time.perf_counter()
+        one_pass(img)
+        elapsed += time.perf_counter() - start
+    mean = elapsed / len(indices)
+    fps = 1 / mean if mean > 0 else float('inf')
+    print(f'Average: {fps:5.2f} fps, {1000 * mean:5.2f} ms ({len(indices)} images, '
+          f'{warmup} warm-up passes not counted, device {device})')
+    return fps
