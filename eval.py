@@ -202,8 +202,12 @@ def load_model(path: str, device: torch.device) -> torch.nn.Module:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     print('Loading model...', end='', flush=True)
-    net = Yolact()
-    net.load_weights(path)
+    try:
+        net = Yolact()
+        net.load_weights(path)
+    except BaseException:
+        print()  # end the progress line before the error is reported
+        raise
     net.eval()
     print(' Done.')
     return net.to(device)

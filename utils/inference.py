@@ -206,7 +206,8 @@ def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_n
         print(f'No display available; saving the result to {save_path}')
     write_image(save_path, drawn)
     if opts.display_lincomb:
-        save_lincomb(det_output, default_output_path(save_path, '.png').replace('_yolact.png', '_lincomb.png'))
+        stem = Path(save_path)
+        save_lincomb(det_output, str(stem.with_name(stem.stem + '_lincomb.png')))
     return save_path
 
 
