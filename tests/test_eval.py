@@ -74,6 +74,7 @@ def test_conversion_formats():
     from pycocotools import mask as mask_utils
     decoded = mask_utils.decode([dict(r, counts=r['counts'].encode()) for r in rles])
     assert decoded.transpose(2, 0, 1).tolist() == masks.tolist()
+    assert encode_masks(masks) == rles == encode_masks(torch.from_numpy(masks).bool())
 
     res = CocoResults({5: 1, 9: 2})
     res.add(3, torch.tensor([1, 0]), torch.tensor([0.5, 0.25]),

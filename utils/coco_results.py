@@ -55,18 +55,30 @@ def box_to_xywh(box: Sequence[float]) -> List[float]:
     return [round(v, 1) for v in (x1, y1, x2 - x1, y2 - y1)]
 
 
+def _binary_column_major(masks: ArrayLike) -> np.ndarray:
+    """Masks [N, H, W] -> uint8 ndarray [H, W, N] in Fortran order, as pycocotools encodes them.
+
+    A tensor is thresholded, narrowed to uint8 and transposed on its own device before the copy to
+    the host (a quarter of the bytes of float masks; the transpose is free on a GPU).
+    """
+    if isinstance(masks, torch.Tensor):
+        binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+        # [N, W, H] C-order is [H, W, N] Fortran-order: no copy on the host.
+        return binary.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
+    masks = np.asarray(masks)
+    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    return np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8))
+
+
 def encode_masks(masks: ArrayLike) -> List[dict]:
     """Binary masks -> COCO RLEs with str counts (json-serialisable).
 
     Args:
-        masks (ndarray or Tensor[N, H, W]): nonzero = inside.
+        masks (ndarray or Tensor[N, H, W]): inside where above 0.5 (float) or nonzero (int, bool).
     """
-    masks = _numpy(masks)
-    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
-    if binary.shape[0] == 0:
+    if masks.shape[0] == 0:
         return []
-    # pycocotools wants [H, W, N] in Fortran order and encodes all masks in one call.
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    rles = mask_utils.encode(_binary_column_major(masks))
     for rle in rles:
         rle['counts'] = rle['counts'].decode('ascii')
     return rles
@@ -113,7 +125,11 @@ class CocoResults:
         box_scores, mask_scores = _scores_pair(scores)
         # Like the original, a detection with an empty box is not reported at all.
         valid = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
-        rles = encode_masks(_numpy(masks)[valid]) if masks is not None else None
+        if masks is not None:
+            keep = torch.from_numpy(valid).to(masks.device) if isinstance(masks, torch.Tensor) else valid
+            rles = encode_masks(masks[keep])
+        else:
+            rles = None
         for n, i in enumerate(np.flatnonzero(valid)):
             if int(classes[i]) not in self._cat_ids:
                 raise ValueError(f"class index {int(classes[i])} has no category id in the label map "
