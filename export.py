@@ -1,0 +1,407 @@
+"""Export a trained YOLACT to ONNX or TorchScript for deployment runtimes.
+
+    python export.py --trained_model weights/yolact_base_54_800000.pth --output yolact_base.onnx
+    python export.py --trained_model weights/yolact_base_54_800000.pth --format torchscript
+
+The exported graph stops before non-maximum suppression, where a graph can no longer have fixed
+shapes. For a batch of images images (float32[B, 3, S, S], made by utils/onnx_postprocess.preprocess
+or the repository's FastBaseTransform) it returns, per prior:
+    boxes  (float32[B, P, 4]) in relative (x1, y1, x2, y2), already decoded from the priors,
+    scores (float32[B, P, C]) class scores (background in column 0),
+    coeffs (float32[B, P, M]) mask coefficients,
+    proto  (float32[B, h, w, M]) prototype masks.
+utils/onnx_postprocess.py (numpy only) turns them into final detections: Fast NMS, mask assembly,
+crop and resize. The settings it needs (input size, normalisation, class names, NMS thresholds) are
+stored in the model: ONNX metadata key 'yolact', TorchScript extra file 'yolact.json'.
+
+The input size is fixed at export (the priors are constants of the graph); with --dynamic_batch the
+batch dimension is free. YOLACT++ (deformable convolutions) needs ONNX opset 19 or newer, where
+DeformConv exists; its mask-IoU head is exported beside the model as '<name>.maskiou.onnx' (or .pt).
+"""
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from backbone import DCN
+from data.config import MEANS, STD, ConfigError, activation_func, cfg, set_cfg
+from eval import config_name_from_checkpoint, load_model
+from layers.box_utils import decode
+from utils.checkpoint import CheckpointError
+from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
+
+INPUT_NAME = 'images'
+OUTPUT_NAMES = ('boxes', 'scores', 'coeffs', 'proto')
+MASKIOU_INPUT_NAME = 'masks'
+MASKIOU_OUTPUT_NAME = 'maskiou'
+REQUIREMENTS_FILE = 'requirements-export.txt'
+
+# torch's current (torch.export-based) ONNX exporter writes opset 18 or newer; older opsets go
+# through its deprecated TorchScript-based exporter, which knows no DeformConv.
+DYNAMO_MIN_OPSET = 18
+LEGACY_MIN_OPSET = 11      # bilinear Resize as F.interpolate(align_corners=False) computes it
+DEFORM_CONV_MIN_OPSET = 19  # ONNX DeformConv first appears in opset 19
+DEFAULT_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked (missing package, unsupported opset, config)."""
+
+
+def require(module_name: str, purpose: str):
+    """Import an optional export dependency or fail with the install command."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        raise ExportError(f"{purpose} needs the '{module_name}' package, which is not installed: "
+                          f"pip install -r {REQUIREMENTS_FILE}") from None
+
+
+# ----------------------------------------------------------------------------- the exported module
+
+def _passthrough(predictions: Dict[str, torch.Tensor], net: Any = None) -> Dict[str, torch.Tensor]:
+    return predictions
+
+
+class ExportableYolact(nn.Module):
+    """A Yolact in eval mode whose forward stops before NMS and returns decoded, fixed-shape outputs.
+
+    It runs the wrapped network's own forward with its `detect` step swapped for a passthrough, so
+    everything up to NMS (class_scores included) is Yolact's code; only the box decoding is added.
+    The input size is cfg.max_size when the wrapper is built (the size the network's priors use).
+
+    forward(images (Tensor[B, 3, S, S])) -> (boxes [B, P, 4] relative (x1, y1, x2, y2),
+    scores [B, P, C], coeffs [B, P, M], proto [B, h, w, M]).
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if not net.eval_mask_branch:
+            raise ExportError("export needs the mask branch: cfg.eval_mask_branch is False")
+        self.net = net
+        self.image_size = int(cfg.max_size)
+        self.eval()
+
+    @property
+    def uses_deformable_convs(self) -> bool:
+        return any(isinstance(m, DCN) for m in self.net.modules())
+
+    @property
+    def maskiou_net(self) -> Optional[nn.Module]:
+        return getattr(self.net, 'maskiou_net', None)
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if self.net.training:
+            raise ExportError("ExportableYolact runs the network in eval mode; call .eval() first")
+        detect = self.net.detect
+        self.net.detect = _passthrough
+        try:
+            preds = self.net(images)
+        finally:
+            self.net.detect = detect
+        return decode(preds['loc'], preds['priors']), preds['conf'], preds['mask'], preds['proto']
+
+    def example_input(self, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
+        """A reproducible normalised-image-like input (Tensor[batch_size, 3, S, S])."""
+        gen = torch.Generator().manual_seed(seed)
+        param = next(self.net.parameters())
+        images = torch.randn(batch_size, 3, self.image_size, self.image_size, generator=gen)
+        return images.to(device=param.device, dtype=param.dtype)
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence what tracing a fixed-size model reports by design.
+
+    The traced graph keeps the priors (computed from Python ints of the feature-map sizes) as
+    constants, which is intended: the input size is fixed at export. torch 2.14 also flags the
+    TorchScript format as deprecated; the user asked for it explicitly.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', FutureWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------- metadata
+
+def _activation_name(fn: Any) -> str:
+    for name in ('sigmoid', 'tanh', 'softmax', 'relu', 'none'):
+        if getattr(activation_func, name) is fn:
+            return name
+    raise ExportError("cfg.mask_proto_mask_activation is not one of data.config.activation_func, so the "
+                      "post-processing cannot reproduce it")
+
+
+def export_metadata(image_size: int, maskiou_file: Optional[str] = None,
+                    dynamic_batch: bool = False) -> Dict[str, Any]:
+    """What utils/onnx_postprocess needs to pre- and post-process a model of the active config
+    exported for image_size x image_size input (stored in the exported file)."""
+    transform = cfg.backbone.transform
+    return {
+        'format_version': 1,
+        'config': cfg.name,
+        'input_name': INPUT_NAME,
+        'output_names': list(OUTPUT_NAMES),
+        'input_size': int(image_size),
+        'dynamic_batch': dynamic_batch,
+        # Preprocessing of a BGR 0..255 image, as FastBaseTransform does it.
+        'mean': list(MEANS), 'std': list(STD),
+        'channel_order': transform.channel_order,
+        'normalize': bool(transform.normalize),
+        'subtract_means': bool(transform.subtract_means),
+        'to_float': bool(transform.to_float),
+        'num_classes': cfg.num_classes,
+        'class_names': list(cfg.dataset.class_names),
+        'conf_thresh': cfg.nms_conf_thresh,
+        'nms_thresh': cfg.nms_thresh,
+        'top_k': cfg.nms_top_k,
+        'max_num_detections': cfg.max_num_detections,
+        'mask_activation': _activation_name(cfg.mask_proto_mask_activation),
+        'maskiou_model': maskiou_file,
+        'rescore_mask': bool(cfg.use_maskiou and cfg.rescore_mask),
+        'rescore_bbox': bool(cfg.use_maskiou and cfg.rescore_bbox),
+    }
+
+
+def maskiou_path(output: str) -> str:
+    """Where the YOLACT++ mask-IoU head goes: 'a/b.onnx' -> 'a/b.maskiou.onnx'."""
+    stem, ext = os.path.splitext(output)
+    return f'{stem}.maskiou{ext}'
+
+
+def _maskiou_example(model: ExportableYolact, proto: torch.Tensor) -> torch.Tensor:
+    """Example input of YOLACT++'s mask-IoU head: two soft masks at prototype resolution."""
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(2, 1, *proto.shape[1:3], generator=gen).to(proto)
+    try:
+        with torch.no_grad():
+            model.maskiou_net(masks)
+    except RuntimeError as err:
+        # Its unpadded stride-2 convs need prototypes of at least 63 x 63 (input >= 252 pixels).
+        raise ExportError(f"the mask-IoU head of '{cfg.name}' cannot run on {proto.shape[1]}x{proto.shape[2]} "
+                          f"prototypes (input size {model.image_size}): use a larger --image_size "
+                          f"({err})") from None
+    return masks
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+def resolve_opset(model: ExportableYolact, opset: Optional[int]) -> int:
+    """The opset to write: the given one after checks, else the lowest that holds the model."""
+    deformable = model.uses_deformable_convs
+    if opset is None:
+        return DEFORM_CONV_MIN_OPSET if deformable else DEFAULT_OPSET
+    if deformable and opset < DEFORM_CONV_MIN_OPSET:
+        raise ExportError(f"config '{cfg.name}' uses deformable convolutions (YOLACT++, torchvision "
+                          f"deform_conv2d); ONNX has DeformConv only from opset {DEFORM_CONV_MIN_OPSET} on, "
+                          f"so it cannot be exported at opset {opset}: use --opset {DEFORM_CONV_MIN_OPSET} "
+                          f"or newer (or --format torchscript)")
+    if opset < LEGACY_MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: YOLACT needs opset {LEGACY_MIN_OPSET} or newer")
+    return opset
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: str, opset: int, input_name: str,
+                 output_names: Sequence[str], dynamic_dim: Optional[str], metadata: Dict[str, Any]) -> None:
+    """torch.onnx.export one module with its first input dimension free when `dynamic_dim` is
+    given, and the metadata stored under METADATA_KEY."""
+    require('onnx', 'ONNX export')
+    if opset >= DYNAMO_MIN_OPSET:
+        require('onnxscript', 'ONNX export')
+        dynamic_shapes = None
+        if dynamic_dim is not None:
+            dynamic_shapes = ({0: torch.export.Dim(dynamic_dim, min=1, max=1024)},)
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                    input_names=[input_name], output_names=list(output_names),
+                                    dynamic_shapes=dynamic_shapes, verbose=False)
+        program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+        # One self-contained file: the weights stay far below protobuf's 2 GB limit.
+        program.save(path, external_data=False)
+        return
+
+    import onnx
+    dynamic_axes = None
+    if dynamic_dim is not None:
+        dynamic_axes = {name: {0: dynamic_dim} for name in [input_name, *output_names]}
+    with _quiet_jit():
+        # The older exporter traces too, and is chosen on purpose for opsets below 18.
+        torch.onnx.export(module, (example,), path, dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=list(output_names),
+                          dynamic_axes=dynamic_axes)
+    model_proto = onnx.load(path)
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(model_proto, path)
+
+
+def export_onnx(model: ExportableYolact, path: str, opset: Optional[int] = None,
+                dynamic_batch: bool = False) -> List[str]:
+    """Write `model` as ONNX to `path` (and YOLACT++'s mask-IoU head beside it).
+
+    Returns the files written. The batch dimension is free with `dynamic_batch`, else 1.
+    """
+    opset = resolve_opset(model, opset)
+    example = model.example_input(2 if dynamic_batch else 1)
+    with torch.no_grad():
+        # Fills the network's prior caches outside the traced call, so export sees constants.
+        _, _, _, proto = model(example)
+
+    written = [path]
+    maskiou_file = None
+    if model.maskiou_net is not None:
+        maskiou_file = maskiou_path(path)
+        _onnx_export(model.maskiou_net, _maskiou_example(model, proto), maskiou_file, opset, MASKIOU_INPUT_NAME,
+                     [MASKIOU_OUTPUT_NAME], 'detections', {'role': 'maskiou'})
+        written.append(maskiou_file)
+
+    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file), dynamic_batch)
+    _onnx_export(model, example, path, opset, INPUT_NAME, OUTPUT_NAMES,
+                 'batch' if dynamic_batch else None, metadata)
+    return written
+
+
+def check_onnx(model: ExportableYolact, path: str, batch_sizes: Sequence[int] = (1,)) -> float:
+    """Run the exported file with onnxruntime (CPU) and PyTorch on the same random input.
+
+    Returns the largest absolute difference over all outputs and batch sizes.
+    """
+    ort = require('onnxruntime', 'Checking the exported model')
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    worst = 0.0
+    for batch_size in batch_sizes:
+        images = model.example_input(batch_size, seed=1)
+        with torch.no_grad():
+            expected = model(images)
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.cpu().numpy()})
+        for ref, out in zip(expected, got):
+            worst = max(worst, float((ref.cpu() - torch.from_numpy(out)).abs().max()))
+    return worst
+
+
+# ----------------------------------------------------------------------------- TorchScript
+
+def _trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    with torch.no_grad(), _quiet_jit():
+        return torch.jit.trace(module, example)
+
+
+def export_torchscript(model: ExportableYolact, path: str) -> List[str]:
+    """Write `model` as a torch.jit.trace'd module that torch.jit.load opens without this repository
+    (YOLACT++ also needs `import torchvision` first, for deform_conv2d). Returns the files written."""
+    example = model.example_input(1)
+    with torch.no_grad():
+        _, _, _, proto = model(example)
+
+    written = [path]
+    maskiou_file = None
+    if model.maskiou_net is not None:
+        maskiou_file = maskiou_path(path)
+        with _quiet_jit():
+            torch.jit.save(_trace(model.maskiou_net, _maskiou_example(model, proto)), maskiou_file)
+        written.append(maskiou_file)
+
+    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file), dynamic_batch=True)
+    with _quiet_jit():
+        torch.jit.save(_trace(model, example), path,
+                       _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
+    return written
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_exportable(trained_model: str, config: Optional[str] = None,
+                     image_size: Optional[int] = None) -> ExportableYolact:
+    """Activate the config (given or inferred from the checkpoint name), set the input size, and
+    load the checkpoint into an ExportableYolact on the CPU.
+
+    image_size replaces cfg.max_size before the network is built: the side of the square input
+    and the image size the priors' pixel scales refer to.
+    """
+    if config is None:
+        config = config_name_from_checkpoint(trained_model)
+        print(f'Config not specified. Parsed {config} from the file name.')
+    set_cfg(config)
+    if image_size is not None:
+        if image_size < 32:
+            raise ExportError(f"--image_size must be at least 32 pixels, got {image_size}")
+        cfg.max_size = image_size
+    if cfg.preserve_aspect_ratio:
+        raise ExportError("configs with preserve_aspect_ratio have no single input size to export")
+    net = load_model(trained_model, torch.device('cpu'))
+    return ExportableYolact(net)
+
+
+def default_output(trained_model: str, fmt: str) -> str:
+    stem = os.path.splitext(trained_model)[0]
+    return stem + ('.onnx' if fmt == 'onnx' else '.pt')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Export a trained YOLACT to ONNX or TorchScript (outputs before NMS; see '
+                    'utils/onnx_postprocess.py for the numpy post-processing).')
+    parser.add_argument('--trained_model', required=True, help='checkpoint (.pth) to export')
+    parser.add_argument('--config', default=None,
+                        help='config name; inferred from the checkpoint name if omitted '
+                             '(yolact_base_54_800000.pth -> yolact_base_config)')
+    parser.add_argument('--output', default=None,
+                        help='output file (default: the checkpoint path with .onnx or .pt)')
+    parser.add_argument('--format', choices=('onnx', 'torchscript'), default='onnx')
+    parser.add_argument('--opset', type=int, default=None,
+                        help=f'ONNX opset (default {DEFAULT_OPSET}, {DEFORM_CONV_MIN_OPSET} for YOLACT++; '
+                             f'below {DYNAMO_MIN_OPSET} uses torch\'s older exporter)')
+    parser.add_argument('--dynamic_batch', action='store_true',
+                        help='ONNX: leave the batch dimension free (TorchScript always is)')
+    parser.add_argument('--image_size', type=int, default=None,
+                        help='side of the square input in pixels (default: the config\'s max_size)')
+    parser.add_argument('--no_check', dest='check', action='store_false',
+                        help='ONNX: skip running the exported file with onnxruntime against PyTorch')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.format == 'onnx':
+            # Fail before loading the weights when the exporter cannot run.
+            require('onnx', 'ONNX export')
+            if args.opset is None or args.opset >= DYNAMO_MIN_OPSET:
+                require('onnxscript', 'ONNX export')
+            if args.check:
+                require('onnxruntime', 'Checking the exported model (skip with --no_check)')
+        elif args.opset is not None or args.dynamic_batch:
+            raise ExportError("--opset and --dynamic_batch apply to --format onnx only")
+        if not os.path.isfile(args.trained_model):
+            raise CheckpointError(f"checkpoint not found: {args.trained_model}")
+
+        model = build_exportable(args.trained_model, args.config, args.image_size)
+        output = args.output or default_output(args.trained_model, args.format)
+        folder = os.path.dirname(os.path.abspath(output))
+        os.makedirs(folder, exist_ok=True)
+
+        if args.format == 'onnx':
+            written = export_onnx(model, output, args.opset, args.dynamic_batch)
+            if args.check:
+                diff = check_onnx(model, output, (1, 3) if args.dynamic_batch else (1,))
+                print(f'onnxruntime vs PyTorch: max abs difference {diff:.2e}')
+        else:
+            written = export_torchscript(model, output)
+    except (ExportError, ConfigError, CheckpointError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    for path in written:
+        print(f'Wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
