@@ -146,16 +146,16 @@ def test_box_loss_is_zero_at_the_targets(ref, net):
 def test_loss_decreases_when_predictions_move_toward_targets(ref, net):
     crit = build_loss(ref['scenarios']['plus']['options'])
     preds = fresh_predictions(ref)
-    leaves = [v for k, v in preds.items() if k != 'priors']
-    opt = torch.optim.Adam(leaves, lr=0.05)
+    leaves = [preds[k] for k in ('loc', 'conf', 'mask', 'proto', 'segm')]
     first = None
     for _ in range(15):
         out = run(crit, net, ref, preds=preds)
         if first is None:
             first = {k: float(v.detach()) for k, v in out.items()}
-        opt.zero_grad()
-        sum(out.values()).backward()
-        opt.step()
+        grads = torch.autograd.grad(sum(out.values()), leaves)
+        with torch.no_grad():  # sign-gradient steps: scale-free, no optimizer state
+            for leaf, grad in zip(leaves, grads):
+                leaf -= 0.05 * grad.sign()
     last = {k: float(v.detach()) for k, v in run(crit, net, ref, preds=preds).items()}
     for key in ('B', 'C', 'M', 'S'):  # 'I' also depends on the (here frozen) mask-IoU head
         assert last[key] < 0.8 * first[key], (key, first[key], last[key])
