@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# The one implementation behind test/train_{full,performance}_{1p,8p}.sh (sourced, not run):
+# argument parsing, interpreter/device/dataset choice, the training and eval commands, and the
+# Ascend-style summary. A launch script is `source common.sh; yolact_launch <full|perf> <1p|8p> "$@"`.
+#
+# Arguments of every script:
+#   [DATA_PATH]            first argument, or --data_path=DATA_PATH: a COCO 2017 root (train2017/,
+#                          val2017/, annotations/instances_{train,val}2017.json). Without one the
+#                          synthetic shapes dataset and the demo config are used (generated once).
+#   --node_device=DEV      cpu, cuda or npu (else env NODE_DEVICE; default npu if torch_npu
+#                          imports, else cuda if available, else cpu)
+#   --config=NAME          default yolact_base_config (COCO) / yolact_resnet18_synthetic_config
+#   --batch_size=N         per process (default 8)
+#   --max_iter=N           single-card-equivalent iterations, divided by global batch / 8 as in
+#                          train.py (performance default: 2000 on COCO, 20 real iterations on
+#                          synthetic data; full default: the config's schedule)
+#   --num_workers=N        data loading processes per training process
+#   anything else          passed on to train.py (after the scripts' own flags, so it wins)
+# Environment: PYTHON (interpreter; default .venv/bin/python, else python3), NODE_DEVICE,
+#   ASCEND_DEVICE_ID (1p card, default 0), RANK_SIZE (8p processes, default 8), MASTER_PORT (8p;
+#   default: a free port), ASCEND_HOME (CANN root, for env_npu.sh), SYNTHETIC_DIR (default
+#   data/synthetic), SYNTHETIC_TRAIN / SYNTHETIC_VAL (image counts of a generated synthetic set),
+#   EVAL_ARGS (extra eval.py flags, full runs), YOLACT_OUTPUT_DIR (default test/output).
+# Output in test/output/<device id>/: train_<id>.log (console), eval_<id>.log (full runs),
+#   <CaseName>.log (key = value summary), <CaseName>/weights (checkpoints) and <CaseName>/logs
+#   (train.py's JSON-lines log). A performance run clears its own <CaseName>/ first; a full run
+#   keeps it, so `--resume=latest` continues an earlier full run.
+
+YOLACT_TEST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+YOLACT_ROOT="$(dirname "${YOLACT_TEST_DIR}")"
+
+YOLACT_NETWORK=YOLACT
+YOLACT_BATCH_SIZE=8
+YOLACT_SEED=1234
+YOLACT_COCO_CONFIG=yolact_base_config
+YOLACT_SYNTHETIC_CONFIG=yolact_resnet18_synthetic_config
+# Performance runs: the Ascend scripts' 2000 single-card-equivalent iterations on COCO; on the
+# synthetic data a short run of real iterations (enough to get past train.py's fps warm-up).
+YOLACT_PERF_ITERS_COCO=2000
+YOLACT_PERF_ITERS_SYNTHETIC=20
+# Iterations are counted for this global batch (train.py's REFERENCE_BATCH).
+YOLACT_REFERENCE_BATCH=8
+
+_yl_say() { echo "[${YOLACT_NETWORK}] $*"; }
+_yl_err() { echo "[${YOLACT_NETWORK}] error: $*" >&2; }
+
+_yl_usage() {
+    cat <<EOF
+usage: bash $(basename "$0") [DATA_PATH | --data_path=DATA_PATH] [--node_device=cpu|cuda|npu]
+       [--config=NAME] [--batch_size=N] [--max_iter=N] [--num_workers=N] [train.py flags...]
+Without a data path the synthetic dataset and ${YOLACT_SYNTHETIC_CONFIG} are used.
+See test/common.sh for the environment variables and the output files.
+EOF
+}
+
+_yl_is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+# Sets YL_DATA_PATH, YL_NODE_DEVICE, YL_CONFIG, YL_BATCH_SIZE, YL_MAX_ITER, YL_NUM_WORKERS and
+# YL_EXTRA (the train.py pass-through). Returns 2 on a usage error, 3 after --help.
+_yl_parse_args() {
+    YL_DATA_PATH="" YL_NODE_DEVICE="" YL_CONFIG="" YL_BATCH_SIZE="" YL_MAX_ITER="" YL_NUM_WORKERS=""
+    YL_EXTRA=()
+    local arg name value prev_takes_value=0
+    while [ $# -gt 0 ]; do
+        arg="$1"
+        shift
+        case "${arg}" in
+            -h|--help) _yl_usage; return 3 ;;
+            --) YL_EXTRA+=("$@"); break ;;
+            --data_path|--data|--node_device|--config|--batch_size|--max_iter|--num_workers)
+                if [ $# -eq 0 ]; then _yl_err "${arg} needs a value"; return 2; fi
+                name="${arg#--}" value="$1"
+                shift ;;
+            --data_path=*|--data=*|--node_device=*|--config=*|--batch_size=*|--max_iter=*|--num_workers=*)
+                name="${arg%%=*}" name="${name#--}" value="${arg#*=}" ;;
+            -*)
+                YL_EXTRA+=("${arg}")
+                # `--flag value` of a train.py flag: the next bare word is its value.
+                [[ "${arg}" == *=* ]] && prev_takes_value=0 || prev_takes_value=1
+                continue ;;
+            *)
+                if [ "${prev_takes_value}" = 1 ]; then
+                    YL_EXTRA+=("${arg}")
+                elif [ -z "${YL_DATA_PATH}" ]; then
+                    YL_DATA_PATH="${arg}"
+                else
+                    _yl_err "unexpected argument '${arg}' (the data path is already ${YL_DATA_PATH})"
+                    return 2
+                fi
+                prev_takes_value=0
+                continue ;;
+        esac
+        prev_takes_value=0
+        case "${name}" in
+            data_path|data) YL_DATA_PATH="${value}" ;;
+            node_device) YL_NODE_DEVICE="${value}" ;;
+            config) YL_CONFIG="${value}" ;;
+            batch_size|max_iter|num_workers)
+                if ! _yl_is_uint "${value}"; then
+                    _yl_err "--${name} must be a non-negative integer, got '${value}'"
+                    return 2
+                fi
+                case "${name}" in
+                    batch_size) YL_BATCH_SIZE="${value}" ;;
+                    max_iter) YL_MAX_ITER="${value}" ;;
+                    num_workers) YL_NUM_WORKERS="${value}" ;;
+                esac ;;
+        esac
+    done
+    if [ "${YL_BATCH_SIZE:-1}" -lt 1 ]; then
+        _yl_err "--batch_size must be at least 1"
+        return 2
+    fi
+    return 0
+}
+
+# YL_PYTHON: $PYTHON, else the project's .venv, else python3.
+_yl_pick_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        YL_PYTHON="${PYTHON}"
+    elif [ -x "${YOLACT_ROOT}/.venv/bin/python" ]; then
+        YL_PYTHON="${YOLACT_ROOT}/.venv/bin/python"
+    else
+        YL_PYTHON=python3
+    fi
+    if ! command -v "${YL_PYTHON}" >/dev/null 2>&1; then
+        _yl_err "python interpreter '${YL_PYTHON}' not found (set PYTHON=/path/to/python)"
+        return 1
+    fi
+}
+
+_yl_cann_installed() { [ -f "${ASCEND_HOME:-/usr/local/Ascend}/ascend-toolkit/set_env.sh" ]; }
+
+# YL_DEVICE: cpu | cuda | npu; sources env_npu.sh for npu.
+_yl_pick_device() {
+    YL_DEVICE="${YL_NODE_DEVICE:-${NODE_DEVICE:-}}"
+    if [ -z "${YL_DEVICE}" ]; then
+        # torch_npu only imports with the CANN libraries on the path: probe with them when present.
+        YL_DEVICE="$(
+            if _yl_cann_installed; then source "${YOLACT_TEST_DIR}/env_npu.sh" >/dev/null 2>&1; fi
+            "${YL_PYTHON}" -c 'from utils.device import default_device_type; print(default_device_type())' \
+                2>/dev/null | tail -n 1
+        )"
+        if [ -z "${YL_DEVICE}" ]; then
+            _yl_err "could not detect the device with ${YL_PYTHON} (is torch installed?); pass --node_device="
+            return 1
+        fi
+        _yl_say "device: ${YL_DEVICE} (detected; override with --node_device= or NODE_DEVICE)"
+    fi
+    case "${YL_DEVICE}" in
+        cpu|cuda|npu) ;;
+        *:*) _yl_err "--node_device takes cpu, cuda or npu without a card index; choose the card with" \
+                     "ASCEND_DEVICE_ID (1p), got '${YL_DEVICE}'"; return 2 ;;
+        *) _yl_err "unknown device '${YL_DEVICE}': use cpu, cuda or npu"; return 2 ;;
+    esac
+    if [ "${YL_DEVICE}" = npu ]; then
+        # shellcheck disable=SC1091
+        source "${YOLACT_TEST_DIR}/env_npu.sh"
+    fi
+}
+
+# Resolve the data location against the caller's directory (before the cd to the repository).
+_yl_resolve_data() {
+    if [ -n "${YL_DATA_PATH}" ]; then
+        if [ ! -d "${YL_DATA_PATH}" ]; then
+            _yl_err "data path not found: ${YL_DATA_PATH} (expected a COCO root with train2017/, val2017/," \
+                    "annotations/instances_{train,val}2017.json)"
+            return 2
+        fi
+        YL_DATA_ROOT="$(cd "${YL_DATA_PATH}" && pwd)"
+        YL_SYNTHETIC_DIR=""
+        YL_CONFIG="${YL_CONFIG:-${YOLACT_COCO_CONFIG}}"
+    else
+        mkdir -p "${SYNTHETIC_DIR:-${YOLACT_ROOT}/data/synthetic}" || return 1
+        YL_SYNTHETIC_DIR="$(cd "${SYNTHETIC_DIR:-${YOLACT_ROOT}/data/synthetic}" && pwd)"
+        YL_CONFIG="${YL_CONFIG:-${YOLACT_SYNTHETIC_CONFIG}}"
+    fi
+}
+
+# Generate the synthetic set if needed and lay it out as a COCO root (YL_DATA_ROOT). Run in the
+# repository root.
+_yl_prepare_synthetic() {
+    local dir="${YL_SYNTHETIC_DIR}" view
+    _yl_say "no data path given: training on the synthetic shapes dataset in ${dir} with ${YL_CONFIG}" \
+            "(pass a COCO root as the first argument or --data_path= to train on COCO)"
+    local gen=("${YL_PYTHON}" -m data.synthetic --out "${dir}")
+    [ -n "${SYNTHETIC_TRAIN:-}" ] && gen+=(--train "${SYNTHETIC_TRAIN}")
+    [ -n "${SYNTHETIC_VAL:-}" ] && gen+=(--val "${SYNTHETIC_VAL}")
+    if ! "${gen[@]}"; then
+        _yl_err "could not generate the synthetic dataset in ${dir}"
+        return 1
+    fi
+    # train.py --data and eval.py --val_data read the COCO 2017 names: expose the synthetic
+    # files under them (relative links, so the folder can move).
+    view="${dir}/coco_layout"
+    mkdir -p "${view}/annotations" || return 1
+    ln -sfn ../train "${view}/train2017" &&
+        ln -sfn ../val "${view}/val2017" &&
+        ln -sfn ../../instances_train.json "${view}/annotations/instances_train2017.json" &&
+        ln -sfn ../../instances_val.json "${view}/annotations/instances_val2017.json" || return 1
+    YL_DATA_ROOT="${view}"
+}
+
+# Print the command (shell-quoted) and run it with its output also in $1; returns its status.
+_yl_run_logged() {
+    local log="$1"
+    shift
+    echo "+ $(printf '%q ' "$@")" | tee -a "${log}"
+    "$@" 2>&1 | tee -a "${log}"
+    return "${PIPESTATUS[0]}"
+}
+
+# yolact_launch <full|perf> <1p|8p> [script arguments...]
+yolact_launch() {
+    local mode="$1" scale="$2"
+    shift 2
+    local start_time
+    start_time="$(date +%s)"
+
+    _yl_parse_args "$@"
+    local rc=$?
+    if [ "${rc}" = 3 ]; then return 0; fi
+    if [ "${rc}" != 0 ]; then _yl_usage >&2; return "${rc}"; fi
+    _yl_pick_python || return
+    _yl_resolve_data || return
+    local output_root="${YOLACT_OUTPUT_DIR:-${YOLACT_TEST_DIR}/output}"
+    mkdir -p "${output_root}" && output_root="$(cd "${output_root}" && pwd)" || return
+    cd "${YOLACT_ROOT}" || return
+    _yl_pick_device || return
+
+    # Process layout. torchrun's variables must not leak into a 1p run (they would win in train.py).
+    local rank_size device_id
+    if [ "${scale}" = 1p ]; then
+        rank_size=1
+        device_id="${ASCEND_DEVICE_ID:-0}"
+        if ! _yl_is_uint "${device_id}"; then
+            _yl_err "ASCEND_DEVICE_ID must be a card index, got '${device_id}'"
+            return 2
+        fi
+        export RANK_SIZE=1 RANK_ID=0 ASCEND_DEVICE_ID="${device_id}"
+        unset WORLD_SIZE RANK LOCAL_RANK
+    else
+        rank_size="${RANK_SIZE:-8}"
+        if ! _yl_is_uint "${rank_size}" || [ "${rank_size}" -lt 1 ]; then
+            _yl_err "RANK_SIZE must be a positive process count, got '${rank_size}'"
+            return 2
+        fi
+        # One process per card, chosen by torchrun's LOCAL_RANK; rank 0 (card 0) reports.
+        device_id=0
+        export RANK_SIZE="${rank_size}"
+        unset RANK_ID ASCEND_DEVICE_ID WORLD_SIZE RANK LOCAL_RANK
+    fi
+
+    if [ -n "${YL_SYNTHETIC_DIR}" ]; then
+        _yl_prepare_synthetic || return
+    fi
+
+    local batch="${YL_BATCH_SIZE:-${YOLACT_BATCH_SIZE}}"
+    local workers="${YL_NUM_WORKERS}"
+    if [ -z "${workers}" ]; then
+        workers=$(( $(nproc 2>/dev/null || echo 8) / rank_size ))
+        (( workers > 8 )) && workers=8
+        (( workers < 1 )) && workers=1
+    fi
+    local max_iter="${YL_MAX_ITER}"
+    if [ "${mode}" = perf ] && [ -z "${max_iter}" ]; then
+        if [ -n "${YL_SYNTHETIC_DIR}" ]; then
+            # train.py divides by global batch / 8: ask for the single-card equivalent of N real ones.
+            local global=$(( rank_size * batch ))
+            max_iter=$(( (YOLACT_PERF_ITERS_SYNTHETIC * global + YOLACT_REFERENCE_BATCH - 1)
+                         / YOLACT_REFERENCE_BATCH ))
+        else
+            max_iter="${YOLACT_PERF_ITERS_COCO}"
+        fi
+    fi
+
+    local kind=acc
+    [ "${mode}" = perf ] && kind=perf
+    local case_name="${YOLACT_NETWORK}_bs${batch}_${rank_size}p_${kind}"
+    local out="${output_root}/${device_id}"
+    local run_dir="${out}/${case_name}"
+    local train_log="${out}/train_${device_id}.log" eval_log="${out}/eval_${device_id}.log"
+    if [ "${mode}" = perf ]; then
+        rm -rf "${run_dir}"
+    fi
+    mkdir -p "${run_dir}/weights" "${run_dir}/logs" || return
+    rm -f "${train_log}" "${eval_log}" "${out}/${case_name}.log"
+
+    _yl_say "${case_name}: device ${YL_DEVICE}, ${rank_size} process(es) x batch ${batch}," \
+            "config ${YL_CONFIG}, data ${YL_DATA_ROOT}${max_iter:+, max_iter ${max_iter}}"
+    _yl_say "logs in ${out}/"
+
+    local train_args=(train.py --config="${YL_CONFIG}" --data="${YL_DATA_ROOT}" --batch_size="${batch}"
+                      --num_workers="${workers}" --seed="${YOLACT_SEED}" --node_device="${YL_DEVICE}"
+                      --save_folder="${run_dir}/weights" --log_folder="${run_dir}/logs")
+    [ -n "${max_iter}" ] && train_args+=(--max_iter="${max_iter}")
+    [ "${mode}" = perf ] && train_args+=(--validation_epoch=-1)
+    train_args+=("${YL_EXTRA[@]}")
+
+    local launcher=("${YL_PYTHON}" -u)
+    if [ "${scale}" = 8p ]; then
+        launcher=("${YL_PYTHON}" -u -m torch.distributed.run --nnodes=1 --nproc_per_node="${rank_size}")
+        if [ -n "${MASTER_PORT:-}" ]; then
+            launcher+=(--master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT}")
+        else
+            launcher+=(--standalone)  # a free port: several jobs can share the machine
+        fi
+    fi
+    export PYTHONUNBUFFERED=1
+
+    _yl_run_logged "${train_log}" "${launcher[@]}" "${train_args[@]}"
+    rc=$?
+    if [ "${rc}" != 0 ]; then
+        _yl_err "training failed (exit status ${rc}); see ${train_log}"
+        return "${rc}"
+    fi
+
+    local report_args=()
+    if [ "${mode}" = full ]; then
+        local checkpoint
+        checkpoint="$("${YL_PYTHON}" -m utils.launch_summary checkpoint --save_folder="${run_dir}/weights" \
+                      --log_folder="${run_dir}/logs" --console="${train_log}")" || return 1
+        local eval_device="${YL_DEVICE}"
+        [ "${YL_DEVICE}" != cpu ] && eval_device="${YL_DEVICE}:${device_id}"
+        _yl_say "evaluating the final checkpoint ${checkpoint}"
+        # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags
+        _yl_run_logged "${eval_log}" "${YL_PYTHON}" -u eval.py --trained_model="${checkpoint}" \
+            --config="${YL_CONFIG}" --val_data="${YL_DATA_ROOT}" --node_device="${eval_device}" --no_bar \
+            ${EVAL_ARGS:-}
+        rc=$?
+        if [ "${rc}" != 0 ]; then
+            _yl_err "evaluation failed (exit status ${rc}); see ${eval_log}"
+            return "${rc}"
+        fi
+        report_args+=(--eval_output="${eval_log}")
+    fi
+
+    "${YL_PYTHON}" -m utils.launch_summary report --case="${case_name}" --rank_size="${rank_size}" \
+        --batch_size="${batch}" --node_device="${YL_DEVICE}" --log_folder="${run_dir}/logs" \
+        --console="${train_log}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
+        --out="${out}/${case_name}.log" "${report_args[@]}"
+}
