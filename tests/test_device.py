@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 
 import pytest
@@ -30,20 +32,24 @@ def test_npu_without_torch_npu_is_one_clear_line(monkeypatch):
     assert 'torch_npu' in str(err.value) and '\n' not in str(err.value)
 
 
-def test_npu_with_fake_torch_npu_uses_local_rank(monkeypatch):
-    calls = []
+FAKE_NPU_CHECK = """
+import sys, types, torch
+calls = []
+fake = types.ModuleType('torch_npu')
+sys.modules['torch_npu'] = fake
+# What importing the real torch_npu does: name torch's out-of-tree device 'npu', add torch.npu.
+torch.utils.rename_privateuse1_backend('npu')
+torch.npu = types.SimpleNamespace(set_device=calls.append)
+from utils.device import select_device, distributed_backend
+device = select_device('npu', local_rank=3)
+print(device, calls, distributed_backend(device), distributed_backend(torch.device('cuda', 0)))
+"""
 
-    class FakeNpu:
-        @staticmethod
-        def set_device(index):
-            calls.append(index)
 
-    monkeypatch.setitem(sys.modules, 'torch_npu', type(sys)('torch_npu'))
-    # What importing the real torch_npu does first: name torch's out-of-tree device 'npu'.
-    if torch._C._get_privateuse1_backend_name() != 'npu':
-        torch.utils.rename_privateuse1_backend('npu')
-    monkeypatch.setattr(torch, 'npu', FakeNpu, raising=False)
-    device = select_device('npu', local_rank=3)
-    assert str(device) == 'npu:3' and calls == [3]
-    assert distributed_backend(device) == 'hccl'
-    assert distributed_backend(torch.device('cuda', 0)) == 'nccl'
+def test_npu_with_fake_torch_npu_uses_local_rank():
+    # In a subprocess: renaming torch's privateuse1 backend cannot be undone and upsets
+    # torch.optim for the rest of the process.
+    out = subprocess.run([sys.executable, '-c', FAKE_NPU_CHECK], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['npu:3', '[3]', 'hccl', 'nccl']
