@@ -206,7 +206,9 @@ _yl_run_logged() {
     local log="$1"
     shift
     echo "+ $(printf '%q ' "$@")" | tee -a "${log}"
-    "$@" 2>&1 | tee -a "${log}"
+    # tee ignores Ctrl-C so that the interrupted program can still print (train.py saves an
+    # interrupt checkpoint and says how to resume) instead of dying on a broken pipe.
+    "$@" 2>&1 | (trap '' INT; exec tee -a "${log}")
     return "${PIPESTATUS[0]}"
 }
 
@@ -310,7 +312,10 @@ yolact_launch() {
 
     _yl_run_logged "${train_log}" "${launcher[@]}" "${train_args[@]}"
     rc=$?
-    if [ "${rc}" != 0 ]; then
+    if [ "${rc}" -ge 128 ]; then
+        _yl_err "training stopped by a signal (exit status ${rc}); see ${train_log}"
+        return "${rc}"
+    elif [ "${rc}" != 0 ]; then
         _yl_err "training failed (exit status ${rc}); see ${train_log}"
         return "${rc}"
     fi
