@@ -1,0 +1,365 @@
+"""train.py: schedule, autoscaling, data order, checkpoints names, logging, overfitting one batch,
+and end-to-end runs of `train.main` on the tiny synthetic dataset.
+
+The tiny config used here (and by test_distributed.py / test_reliability_train.py) is defined in
+this file and registered in data.config for the test only; it is a YOLACT with a one-block-per-stage
+ResNet, 96 px input, 32-channel FPN and 8 prototypes, so an iteration takes a fraction of a second.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytest
+import torch
+
+import data.config as config_module
+from data.config import cfg, set_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = 'tiny_train_config'
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiny config and helpers shared with the other train test files
+# ----------------------------------------------------------------------------------------------
+
+def make_tiny_config(paths, **overrides):
+    """A small YOLACT config on the synthetic dataset at `paths` (a DatasetPaths or a dict)."""
+    c = config_module
+    paths = paths._asdict() if hasattr(paths, '_asdict') else dict(paths)
+    fields = {
+        'name': 'tiny_train',
+        'dataset': c.synthetic_dataset.copy(paths),
+        'num_classes': len(c.synthetic_dataset.class_names) + 1,
+        'max_size': 96,
+        'max_iter': 4,
+        'lr': 1e-3,
+        'lr_steps': (1000,),
+        'lr_warmup_init': 1e-4,
+        'lr_warmup_until': 2,
+        'backbone': c.resnet18_backbone.copy({
+            'args': ([1, 1, 1, 1], [0, 0, 0, 0], 1, [], c.BasicBlock),
+            'selected_layers': [1, 2, 3],
+            'use_pixel_scales': True,
+            'preapply_sqrt': False,
+            'use_square_anchors': True,
+            'pred_aspect_ratios': [[[1, 1 / 2, 2]]] * 5,
+            'pred_scales': [[6], [12], [24], [48], [96]],
+        }),
+        'fpn': c.yolact_base_config.fpn.copy({'num_features': 32}),
+        'mask_proto_net': [(32, 3, {'padding': 1}), (None, -2, {}), (32, 3, {'padding': 1}), (8, 1, {})],
+        'extra_head_net': [(32, 3, {'padding': 1})],
+    }
+    fields.update(overrides)
+    return c.yolact_resnet50_config.copy(fields)
+
+
+def register_tiny_config(paths, name: str = TINY_CONFIG, **overrides) -> None:
+    """Make `--config <name>` resolve to the tiny config (set_cfg looks names up in data.config)."""
+    setattr(config_module, name, make_tiny_config(paths, **overrides))
+
+
+def tiny_args(tmp_path: Path, *extra: str, seed: int = 3) -> List[str]:
+    """train.py flags for a short CPU run of the tiny config in `tmp_path`."""
+    return ['--config', TINY_CONFIG, '--batch_size', '2', '--no_autoscale', '--num_workers', '0',
+            '--node_device', 'cpu', '--save_folder', str(tmp_path / 'weights'),
+            '--log_folder', str(tmp_path / 'logs'), '--validation_epoch', '-1', '--seed', str(seed),
+            '--log_interval', '1', *extra]
+
+
+def train_losses(log_folder: Path, session: Optional[int] = None) -> Dict[int, Dict[str, float]]:
+    """iteration -> logged loss terms (incl. 'T') from the tiny config's JSON-lines log."""
+    from utils.logger import read_entries
+    entries = read_entries(str(log_folder / 'tiny_train.log'), 'train', session)
+    return {e['data']['iter']: e['data']['loss'] for e in entries}
+
+
+def subprocess_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), str(REPO / 'tests'), env.get('PYTHONPATH', '')])
+    env.pop('WORLD_SIZE', None)
+    env.pop('RANK_SIZE', None)
+    return env
+
+
+# A `python -c` program: register the tiny config for the paths in argv[1], run train.main(argv[2:]).
+SUBPROCESS_MAIN = (
+    "import json, sys\n"
+    "from test_train import register_tiny_config\n"
+    "register_tiny_config(json.loads(sys.argv[1]))\n"
+    "import train\n"
+    "sys.exit(train.main(sys.argv[2:]))\n")
+
+
+@pytest.fixture
+def tiny(synthetic_paths, monkeypatch):
+    """Register the tiny config for this test; restore the global cfg afterwards."""
+    saved = cfg.copy()
+    monkeypatch.setattr(config_module, TINY_CONFIG, make_tiny_config(synthetic_paths), raising=False)
+    yield synthetic_paths
+    cfg.replace(saved)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    import train
+    return train.build_parser().parse_args(list(argv))
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags, schedule, autoscaling
+# ----------------------------------------------------------------------------------------------
+
+def test_boolean_flags_really_turn_off():
+    a = parse()
+    assert (a.log, a.interrupt, a.autoscale, a.keep_latest, a.amp) == (True, True, True, False, False)
+    b = parse('--no_log', '--no_interrupt', '--no_autoscale', '--keep_latest', '--amp')
+    assert (b.log, b.interrupt, b.autoscale, b.keep_latest, b.amp) == (False, False, False, True, True)
+    assert parse('--weight_decay', '0.01').decay == 0.01
+    assert parse('--learning_rate', '0.5').lr == 0.5
+
+
+def test_learning_rate_warmup_then_steps():
+    import train
+    s = train.Schedule(lr=1e-3, momentum=0.9, decay=5e-4, gamma=0.1, max_iter=100, lr_steps=[50, 80],
+                       warmup_init=1e-4, warmup_until=10)
+    assert train.learning_rate(0, s) == pytest.approx(1e-4)
+    assert train.learning_rate(5, s) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway up the ramp
+    assert train.learning_rate(10, s) == pytest.approx(1e-3)
+    assert train.learning_rate(49, s) == pytest.approx(1e-3)
+    assert train.learning_rate(50, s) == pytest.approx(1e-4)
+    assert train.learning_rate(80, s) == pytest.approx(1e-5)
+    no_warmup = train.Schedule(**{**vars(s), 'warmup_until': 0})
+    assert train.learning_rate(0, no_warmup) == pytest.approx(1e-3)
+
+
+def test_autoscale_follows_global_batch_and_freezes_bn(tiny):
+    import train
+    # Per-process batch 2 on one process: factor 2/8 on lr, max_iter and lr_steps; BN frozen (< 6).
+    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--max_iter', '10'),
+                            train.DistInfo())
+    assert sched.scale == pytest.approx(0.25)
+    assert sched.lr == pytest.approx(1e-3 * 0.25)
+    assert sched.max_iter == 40 and sched.lr_steps == [4000]
+    assert cfg.freeze_bn is True
+    # 2 processes x batch 4 = the reference batch 8: nothing scaled; per-process 4 < 6: frozen.
+    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '4'), train.DistInfo(0, 2, 0))
+    assert (sched.scale, sched.lr, sched.max_iter) == (1.0, pytest.approx(1e-3), 4)
+    assert cfg.freeze_bn is True
+    # 2 processes x batch 8: factor 2; per-process batch 8 keeps BN training.
+    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '8'), train.DistInfo(1, 2, 1))
+    assert (sched.lr, sched.max_iter, sched.lr_steps) == (pytest.approx(2e-3), 2, [500])
+    assert cfg.freeze_bn is False
+    # --no_autoscale and an explicit --lr are taken as given.
+    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--no_autoscale',
+                                  '--lr', '0.02', '--momentum', '0.5'), train.DistInfo())
+    assert (sched.lr, sched.momentum, sched.max_iter) == (0.02, 0.5, 4)
+
+
+def test_data_flag_points_the_dataset_at_a_coco_root(tiny, tmp_path):
+    import train
+    root = tmp_path / 'coco'
+    for d in ('train2017', 'val2017', 'annotations'):
+        (root / d).mkdir(parents=True)
+    for split in ('train', 'val'):
+        (root / 'annotations' / f'instances_{split}2017.json').write_text('{}')
+    train.configure(parse('--config', TINY_CONFIG, '--data', str(root)), train.DistInfo())
+    assert cfg.dataset.train_images == str(root / 'train2017')
+    assert cfg.dataset.valid_info == str(root / 'annotations' / 'instances_val2017.json')
+    assert cfg.dataset.class_names == config_module.SYNTHETIC_CLASSES  # only the paths change
+
+
+# ----------------------------------------------------------------------------------------------
+# Data order and seeding
+# ----------------------------------------------------------------------------------------------
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    import train
+    data = list(range(10))
+    full = train.ResumableSampler(data, num_replicas=1, rank=0, seed=7, batch_size=2)
+    full.set_epoch(3)
+    order = list(full)
+    again = train.ResumableSampler(data, num_replicas=1, rank=0, seed=7, batch_size=2)
+    again.set_epoch(3)
+    assert list(again) == order
+    assert sorted(i for i, _ in order) == data
+    full.set_epoch(4)
+    assert [i for i, _ in full] != [i for i, _ in order]
+    # Starting 2 batches into epoch 3 yields the rest of the same order, with the same sample seeds.
+    again.set_epoch(3, skip_batches=2)
+    assert list(again) == order[4:] and len(again) == 6
+    # Sample seeds depend on (seed, epoch, index) only.
+    assert order[0][1] == train.sample_seed(7, 3, order[0][0])
+    # Two ranks split an epoch into disjoint halves.
+    shards = []
+    for rank in (0, 1):
+        s = train.ResumableSampler(data, num_replicas=2, rank=rank, seed=7, batch_size=2)
+        s.set_epoch(0)
+        shards.append([i for i, _ in s])
+    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+
+
+class _DrawNumbers:
+    """A dataset whose items are draws from the global RNGs, like the augmentations."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+
+def test_seeded_samples_repeat_their_draws_and_leave_global_rng_alone():
+    import train
+    samples = train.SeededSamples(_DrawNumbers())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    before = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    first = samples[(0, 123)]
+    assert samples[(2, 123)] == first  # the draw depends on the seed, not the index or history
+    assert samples[(0, 124)] != first
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# utils: MovingAverage, SavePath, Log
+# ----------------------------------------------------------------------------------------------
+
+def test_moving_average_window_and_non_finite():
+    from utils.functions import MovingAverage
+    avg = MovingAverage(max_window_size=3)
+    assert avg.get_avg() == 0
+    for v in (1.0, 2.0, float('nan'), 3.0, 10.0):
+        avg.add(v)
+    assert len(avg) == 3 and avg.get_avg() == pytest.approx(5.0)  # (2 + 3 + 10) / 3, NaN ignored
+
+
+def test_save_path_names_latest_and_interrupt(tmp_path):
+    from utils.functions import SavePath
+    assert SavePath('yolact_base', 3, 1200).get_path('w') == os.path.join('w', 'yolact_base_3_1200.pth')
+    p = SavePath.from_str('w/yolact_plus_base_54_800000.pth')
+    assert (p.model_name, p.epoch, p.iteration) == ('yolact_plus_base', 54, 800000)
+    p = SavePath.from_str('yolact_base_2_99_interrupt.pth')
+    assert (p.model_name, p.iteration) == ('yolact_base', 99)
+    with pytest.raises(ValueError):
+        SavePath.from_str('resnet101_reducedfc.pth')
+    for name in ('yolact_base_1_100.pth', 'yolact_base_1_100.state.pt', 'yolact_base_2_250.pth',
+                 'yolact_base_2_250.state.pt', 'yolact_base_im700_9_99999.pth', 'yolact_base_3_300_interrupt.pth',
+                 'yolact_base_3_300_interrupt.state.pt'):
+        (tmp_path / name).write_bytes(b'x')
+    assert SavePath.get_latest(str(tmp_path), 'yolact_base').endswith('yolact_base_3_300_interrupt.pth')
+    assert SavePath.get_latest(str(tmp_path), 'yolact_base', include_interrupt=False).endswith('yolact_base_2_250.pth')
+    assert SavePath.get_latest(str(tmp_path), 'yolact_base_im700').endswith('_9_99999.pth')
+    assert SavePath.get_latest(str(tmp_path), 'yolact_darknet53') is None
+    assert SavePath.get_interrupt(str(tmp_path)).endswith('yolact_base_3_300_interrupt.pth')
+    SavePath.remove_interrupt(str(tmp_path))
+    assert SavePath.get_interrupt(str(tmp_path)) is None
+
+
+def test_log_appends_sessions_as_json_lines(tmp_path):
+    from utils.logger import Log, read_entries, read_log
+    log = Log('run', str(tmp_path / 'logs'), {'lr': 1e-3, 'folder': tmp_path})
+    log.log('train', loss={'B': torch.tensor(1.5), 'C': float('nan')}, iter=0)
+    log.log('val', {50: 12.5}, iter=1)
+    again = Log('run', str(tmp_path / 'logs'), {'lr': 2e-3})
+    again.log('train', loss={'B': 1.0}, iter=2)
+    lines = (tmp_path / 'logs' / 'run.log').read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line) for line in lines)
+    entries = list(read_log(str(tmp_path / 'logs' / 'run.log')))
+    assert [e['type'] for e in entries] == ['session', 'train', 'val', 'session', 'train']
+    assert [e['session'] for e in entries] == [0, 0, 0, 1, 1]
+    assert entries[0]['data'] == {'lr': 1e-3, 'folder': str(tmp_path)}
+    assert entries[1]['data']['loss'] == {'B': 1.5, 'C': 'nan'}
+    assert entries[2]['data'] == {'50': 12.5, 'iter': 1}
+    assert [e['data']['iter'] for e in read_entries(str(tmp_path / 'logs' / 'run.log'), 'train', 1)] == [2]
+    Log('run', str(tmp_path / 'logs'), {}, overwrite=True)
+    assert len((tmp_path / 'logs' / 'run.log').read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+def _tiny_model_and_batch(seed: int = 0, images=(0, 1)):
+    """A freshly initialised tiny Yolact (frozen BN) in a NetLoss, and one batch without augmentation."""
+    import train
+    from data.coco import COCODetection, detection_collate
+    from data.config import MEANS, STD
+    from utils.augmentations import BaseTransform
+    from yolact import Yolact
+    cfg.freeze_bn = True
+    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(MEANS, STD))
+    batch = train.prepare_batch(detection_collate([ds[i] for i in images]), torch.device('cpu'))
+    torch.manual_seed(seed)
+    net = Yolact()
+    net.init_weights(None)
+    net.train()
+    return net, train.NetLoss(net, train.build_criterion()), batch
+
+
+def test_overfitting_one_batch_reduces_the_loss_five_fold(tiny):
+    """Issue 3, done-when 3: train_step on one batch drives the total loss down >= 5x."""
+    import train
+    set_cfg(TINY_CONFIG)
+    net, model, batch = _tiny_model_and_batch()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    first = None
+    for step in range(80):
+        result = train.train_step(model, optimizer, batch)
+        assert result.finite and set(result.losses) >= {'B', 'C', 'M'}
+        first = first if first is not None else result.total
+        if result.total <= first / 5:
+            break
+    assert result.total <= first / 5, f'loss went from {first:.3f} to {result.total:.3f} in {step + 1} steps'
+
+
+def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_path):
+    """Issue 3, done-when 4: an end-to-end CPU run, then --resume latest continues the count."""
+    import train
+    from utils.checkpoint import load_state_dict_file
+    rc = train.main(tiny_args(tmp_path, '--max_iter', '4', '--save_interval', '2'))
+    assert rc == 0
+    weights = tmp_path / 'weights'
+    names = sorted(p.name for p in weights.iterdir())
+    # Epochs have 8 images / batch 2 = 4 iterations: iteration 2 ends in epoch 0, 4 is the final save.
+    assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_0_4.pth',
+                     'tiny_train_0_4.state.pt']
+    state_dict = load_state_dict_file(str(weights / 'tiny_train_0_4.pth'))
+    assert all(v.dtype != torch.float16 for v in state_dict.values())
+    losses = train_losses(tmp_path / 'logs')
+    assert sorted(losses) == [0, 1, 2, 3]
+    assert all(math.isfinite(v) for terms in losses.values() for v in terms.values())
+    assert set(losses[0]) >= {'B', 'C', 'M', 'S', 'T'}
+    assert losses[0]['T'] == pytest.approx(sum(v for k, v in losses[0].items() if k != 'T'), abs=1e-3)
+
+    rc = train.main(tiny_args(tmp_path, '--max_iter', '6', '--save_interval', '2', '--resume', 'latest'))
+    assert rc == 0
+    assert (weights / 'tiny_train_1_6.pth').exists()
+    assert sorted(train_losses(tmp_path / 'logs', session=1)) == [4, 5]
+
+
+def test_same_seed_gives_identical_losses(tiny, tmp_path):
+    import train
+    runs = []
+    for name in ('a', 'b'):
+        assert train.main(tiny_args(tmp_path / name, '--max_iter', '3')) == 0
+        runs.append(train_losses(tmp_path / name / 'logs'))
+    assert runs[0] == runs[1] and sorted(runs[0]) == [0, 1, 2]
+    assert train.main(tiny_args(tmp_path / 'c', '--max_iter', '3', seed=4)) == 0
+    assert train_losses(tmp_path / 'c' / 'logs') != runs[0]
+
+
+def test_keep_latest_keeps_only_the_newest_and_the_milestones(tiny, tmp_path):
+    import train
+    rc = train.main(tiny_args(tmp_path, '--max_iter', '4', '--save_interval', '1', '--keep_latest',
+                              '--keep_latest_interval', '2', '--no_log'))
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / 'weights').iterdir())
+    assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_0_4.pth',
+                     'tiny_train_0_4.state.pt']
+    assert not (tmp_path / 'logs').exists()
