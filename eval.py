@@ -17,7 +17,6 @@ import random
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,6 +28,7 @@ from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError
 from utils.coco_results import CocoResults, evaluate_results, format_map_table
 from utils.device import DeviceError, default_device_type, select_device
+from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
                              evalimages, evalvideo)
 from utils.visualize import DrawOptions
@@ -71,7 +71,8 @@ def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, hel
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='YOLACT evaluation: COCO mAP, FPS benchmark, or drawn detections.')
     p.add_argument('--trained_model', default='weights/yolact_base_54_800000.pth',
-                   help='checkpoint (.pth) to evaluate')
+                   help="checkpoint (.pth) to evaluate; 'interrupt' / 'latest': the newest interrupt "
+                        "save / checkpoint of --config in weights/")
     p.add_argument('--config', default=None,
                    help='config name; default: parsed from the checkpoint file name '
                         '(yolact_base_54_800000.pth -> yolact_base_config)')
@@ -139,15 +140,28 @@ def default_options() -> argparse.Namespace:
 def config_name_from_checkpoint(path: str) -> str:
     """The config a checkpoint was saved with, read from its name like the original:
     <config>_<epoch>_<iteration>.pth (or ..._interrupt.pth) -> <config>_config."""
-    stem = os.path.basename(path)
-    stem = stem[:-len('.pth')] if stem.endswith('.pth') else stem
-    parts = stem.split('_')
-    counters = 3 if parts[-1] == 'interrupt' else 2
-    if len(parts) <= counters or not all(p.isdigit() for p in parts[-counters:][:2]):
-        raise ConfigError(f"cannot infer the config from the checkpoint name '{os.path.basename(path)}' "
-                          f"(expected <config>_<epoch>_<iteration>.pth, e.g. yolact_base_54_800000.pth); "
-                          f"pass --config")
-    return '_'.join(parts[:-counters]) + '_config'
+    try:
+        return SavePath.from_str(path).model_name + '_config'
+    except ValueError as err:
+        raise ConfigError(f"cannot infer the config: {err} (e.g. yolact_base_54_800000.pth); "
+                          f"pass --config") from None
+
+
+def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> str:
+    """--trained_model, where the original's 'interrupt' and 'latest' name the newest interrupt
+    save / the newest checkpoint of the config (--config, default yolact_base) in `folder`."""
+    if opts.trained_model == 'interrupt':
+        found = SavePath.get_interrupt(folder)
+        what = f'interrupt checkpoint in {folder}'
+    elif opts.trained_model == 'latest':
+        config = (opts.config or 'yolact_base_config').split('_config')[0]
+        found = SavePath.get_latest(folder, config)
+        what = f'checkpoint of {config} in {folder}'
+    else:
+        found, what = opts.trained_model, opts.trained_model
+    if found is None or not os.path.isfile(found):
+        raise CheckpointError(f"checkpoint not found: {what}")
+    return found
 
 
 def setup_config(opts: argparse.Namespace) -> None:
@@ -415,8 +429,7 @@ def run_media(net: torch.nn.Module, opts: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = parse_args(argv)
     try:
-        if not os.path.isfile(opts.trained_model):
-            raise CheckpointError(f"checkpoint not found: {opts.trained_model}")
+        opts.trained_model = resolve_checkpoint(opts)
         setup_config(opts)
         device = device_from_flags(opts)
         media = any(x is not None for x in (opts.image, opts.images, opts.video))

@@ -4,10 +4,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 import data.config as config_module
-from data.config import Config, cfg, resnet18_backbone, set_cfg, synthetic_dataset, yolact_base_config
+from data.config import Config, resnet18_backbone, set_cfg, synthetic_dataset, yolact_base_config
 
 TINY_NAME = 'yolact_evaltiny'
 TINY_MAX_SIZE = 64

@@ -11,12 +11,12 @@ from pycocotools.cocoeval import COCOeval
 
 import eval as eval_script
 from data.coco import COCODetection
-from data.config import ConfigError, cfg, set_cfg
+from data.config import ConfigError, set_cfg
 from tests.eval_helpers import (ScriptedNet, detection_from_masks, gt_detections, register,
                                 save_tiny_checkpoint, tiny_config)
 from utils.augmentations import BaseTransform
 from utils.coco_results import (CocoResults, box_to_xywh, category_ids, encode_masks, evaluate_results,
-                                format_map_table, parse_map_table, run_cocoeval)
+                                format_map_table, parse_map_table)
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
@@ -281,6 +281,24 @@ def test_config_is_inferred_from_the_checkpoint_name():
     assert name('/x/yolact_im700_3_1000_interrupt.pth') == 'yolact_im700_config'
     with pytest.raises(ConfigError, match='pass --config'):
         name('model.pth')
+
+
+def test_interrupt_and_latest_checkpoints(tmp_path):
+    from utils.checkpoint import CheckpointError
+    for name in ('yolact_base_2_100.pth', 'yolact_base_10_900.pth', 'yolact_im400_3_5000.pth',
+                 'yolact_base_4_300_interrupt.pth'):
+        (tmp_path / name).write_bytes(b'')
+    resolve = eval_script.resolve_checkpoint
+    folder = str(tmp_path)
+    opts = eval_script.parse_args(['--trained_model', 'latest'])
+    assert resolve(opts, folder).endswith('yolact_base_10_900.pth')
+    opts = eval_script.parse_args(['--trained_model', 'latest', '--config', 'yolact_im400_config'])
+    assert resolve(opts, folder).endswith('yolact_im400_3_5000.pth')
+    opts = eval_script.parse_args(['--trained_model', 'interrupt'])
+    assert resolve(opts, folder).endswith('yolact_base_4_300_interrupt.pth')
+    opts = eval_script.parse_args(['--trained_model', 'latest', '--config', 'yolact_darknet53'])
+    with pytest.raises(CheckpointError, match='checkpoint not found: checkpoint of yolact_darknet53'):
+        resolve(opts, folder)
 
 
 def _run_main(argv, capsys):

@@ -279,7 +279,7 @@ def test_benchmark_excludes_warmup(synthetic_root, capsys):
     fps = benchmark(Predictor(net), lambda i: frame, [0, 1, 2], top_k=5, warmup=2, no_bar=True)
     assert net.calls == 5  # 2 warm-up passes + 3 timed
     assert math.isfinite(fps) and fps > 0
-    assert f'3 images, 2 warm-up passes' in capsys.readouterr().out
+    assert '3 images, 2 warm-up passes' in capsys.readouterr().out
 
 
 def test_cli_benchmark_prints_finite_fps(tiny_checkpoint, synthetic_root, capsys):

@@ -8,7 +8,6 @@ import contextlib
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import synchronize
+from utils.functions import MovingAverage
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -278,19 +278,6 @@ def read_frames(capture: cv2.VideoCapture, batch_size: int) -> Iterator[List[np.
         yield frames
 
 
-class MovingAverage:
-    """Mean of the last `window` values."""
-
-    def __init__(self, window: int = 100):
-        self.values = deque(maxlen=window)
-
-    def add(self, value: float) -> None:
-        self.values.append(value)
-
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values) if self.values else 0.0
-
-
 def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_names: Sequence[str],
               opts: InferenceOptions) -> int:
     """Draw detections on every frame of a video file or webcam (`source` is a number).
@@ -318,14 +305,14 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
             capture.release()
             raise InferenceError(f"could not open {out_path} for writing (mp4v codec)")
 
-    frame_times = MovingAverage()
+    frame_times = MovingAverage(100)
     processed = 0
     bar = tqdm(total=total, unit='frame', disable=opts.no_bar or show)
     try:
         for frames in read_frames(capture, max(1, opts.video_multiframe)):
             start = time.perf_counter()
             on_device, det_output = predictor(frames)
-            fps_text = f'Processing FPS: {1 / frame_times.mean():.2f}' if frame_times.mean() > 0 else ''
+            fps_text = f'Processing FPS: {1 / frame_times.get_avg():.2f}' if frame_times.get_avg() > 0 else ''
             drawn = [render(on_device[i], det_output, i, class_names, opts,
                             fps_text if opts.display_fps else '') for i in range(len(frames))]
             frame_times.add((time.perf_counter() - start) / len(frames))
