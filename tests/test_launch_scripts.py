@@ -1,5 +1,6 @@
 """The test/*.sh launch scripts (run for real on CPU with a tiny synthetic dataset) and the
 summary helper they call (utils/launch_summary.py)."""
+import importlib.util
 import json
 import math
 import os
@@ -68,6 +69,16 @@ def run_script(name: str, args: List[str], env: Dict[str, str], cwd: Path = REPO
 
 def tail(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout[-4000:]
+
+
+@pytest.fixture
+def fake_cann(tmp_path) -> Path:
+    """An ASCEND_HOME whose ascend-toolkit/set_env.sh announces itself and sets a variable."""
+    home = tmp_path / 'Ascend'
+    (home / 'ascend-toolkit').mkdir(parents=True)
+    (home / 'ascend-toolkit' / 'set_env.sh').write_text(
+        'echo "FAKE CANN set_env.sh sourced"\nexport FAKE_CANN_TOOLKIT=1\n')
+    return home
 
 
 @pytest.fixture(scope='module')
@@ -185,6 +196,39 @@ def test_report_block_and_case_fields(tmp_path):
 
 # ----------------------------------------------------------------------------- the scripts
 
+ENV_PROBE = ('source test/env_npu.sh; echo "rc=$? toolkit=${FAKE_CANN_TOOLKIT:-} '
+             'queue=${TASK_QUEUE_ENABLE} level=${ASCEND_GLOBAL_LOG_LEVEL}"')
+
+
+def test_env_npu_sources_the_cann_toolkit(fake_cann):
+    env = dict(os.environ, ASCEND_HOME=str(fake_cann), TASK_QUEUE_ENABLE='2')
+    env.pop('ASCEND_GLOBAL_LOG_LEVEL', None)
+    proc = subprocess.run(['bash', '-c', ENV_PROBE], cwd=str(REPO), env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    # The toolkit's set_env.sh ran; a value the user set is kept; unset ones get the defaults.
+    assert proc.stdout.splitlines() == ['FAKE CANN set_env.sh sourced', 'rc=0 toolkit=1 queue=2 level=3']
+
+
+def test_env_npu_without_cann_is_harmless(tmp_path):
+    env = dict(os.environ, ASCEND_HOME=str(tmp_path / 'none'))
+    for name in ('TASK_QUEUE_ENABLE', 'ASCEND_GLOBAL_LOG_LEVEL', 'ASCEND_TOOLKIT_HOME'):
+        env.pop(name, None)
+    proc = subprocess.run(['bash', '-c', 'set -eu; ' + ENV_PROBE], cwd=str(REPO), env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == 'rc=0 toolkit= queue=1 level=3\n'
+    assert 'set_env.sh not found' in proc.stderr
+
+
+def test_npu_run_sources_env_npu_and_fails_clearly_without_torch_npu(tmp_path, tiny_coco, fake_cann):
+    proc = run_script('train_performance_1p.sh',
+                      [str(tiny_coco), '--node_device=npu', f'--config={DEMO_CONFIG}', '--num_workers=0',
+                       '--batch_size=1', '--max_iter=1'],
+                      script_env(tmp_path, tmp_path / 'unused', ASCEND_HOME=str(fake_cann)))
+    assert 'FAKE CANN set_env.sh sourced' in proc.stdout
+    if importlib.util.find_spec('torch_npu') is None:
+        assert proc.returncode == 1, tail(proc)
+        assert 'needs the torch_npu package' in proc.stdout and 'training failed' in proc.stdout
+
 def test_usage_errors_fail_fast(tmp_path):
     env = script_env(tmp_path, tmp_path / 'unused', NODE_DEVICE='cpu')
     for args in (['/no/such/coco'], ['--data_path=/no/such/coco']):
@@ -242,13 +286,15 @@ def test_performance_8p_two_processes_on_cpu(tmp_path, tiny_coco):
     assert math.isfinite(float(fields['ActualLoss']))
 
 
-def test_performance_1p_without_arguments_uses_synthetic_data(tmp_path):
+def test_performance_1p_without_arguments_uses_synthetic_data(tmp_path, fake_cann):
     """Done-when 5: no data path -> the synthetic dataset is generated and used, and the device is
     detected; a finite images/sec is printed. (Batch and iterations are made tiny for CI.)"""
     synthetic = tmp_path / 'synthetic'
     proc = run_script('train_performance_1p.sh', ['--batch_size=1', '--max_iter=1', '--num_workers=0'],
-                      script_env(tmp_path, synthetic))
+                      script_env(tmp_path, synthetic, ASCEND_HOME=str(fake_cann)))
     assert proc.returncode == 0, tail(proc)
+    # CANN is "installed" but torch_npu is not: the device probe falls back, env_npu.sh stays out.
+    assert 'FAKE CANN' not in proc.stdout
     assert f'no data path given: training on the synthetic shapes dataset in {synthetic}' in proc.stdout
     assert '(detected; override with --node_device= or NODE_DEVICE)' in proc.stdout
     with open(synthetic / 'instances_train.json') as f:
