@@ -183,23 +183,11 @@ def device_from_flags(opts: argparse.Namespace) -> torch.device:
     return select_device(name or default_device_type())
 
 
-def val_split_paths(root: str) -> Tuple[str, str]:
-    """(image folder, annotation json) of the validation split under `root`: a COCO 2017 tree or
-    the layout `python -m data.synthetic` writes."""
-    synthetic = (os.path.join(root, 'val'), os.path.join(root, 'instances_val.json'))
-    if os.path.isdir(synthetic[0]) and os.path.isfile(synthetic[1]):
-        return synthetic
-    try:
-        paths = coco_dataset_paths(root)
-    except DatasetFileNotFoundError as err:
-        raise DatasetFileNotFoundError(f"{err}; or, for synthetic data, val/ and instances_val.json") from None
-    return paths.valid_images, paths.valid_info
-
-
 def build_dataset(opts: argparse.Namespace) -> COCODetection:
     """The evaluation dataset: --val_data if given, else the config's valid_images / valid_info."""
     if opts.val_data is not None:
-        images, info = val_split_paths(opts.val_data)
+        paths = coco_dataset_paths(opts.val_data, splits=('val',))
+        images, info = paths.valid_images, paths.valid_info
     else:
         images, info = cfg.dataset.valid_images, cfg.dataset.valid_info
     for path, what in ((images, 'image folder'), (info, 'annotation file')):

@@ -386,8 +386,11 @@ class Yolact(nn.Module):
                 preds['segm'] = self.semantic_seg_conv(outs[0])
             return preds
 
+        # Box decoding and NMS in float32 even under autocast: fp16/bf16 boxes shift by pixels.
+        preds = {k: v.float() for k, v in preds.items()}
         preds['conf'] = self.class_scores(preds['conf'])
-        return self.detect(preds, self)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.detect(preds, self)
 
     def priors(self, level_sizes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
         """All anchors (Tensor[P, 4], cx cy w h) for the given FPN level sizes, cached."""

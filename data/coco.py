@@ -415,13 +415,22 @@ class DatasetPaths(NamedTuple):
     valid_info: str
 
 
-def coco_dataset_paths(root: str) -> DatasetPaths:
+def coco_dataset_paths(root: str, splits: Sequence[str] = ('train', 'val')) -> DatasetPaths:
     """The paths of a COCO 2017 tree (the ``--data`` layout of the Ascend scripts)::
 
         root/train2017/  root/val2017/  root/annotations/instances_{train,val}2017.json
 
-    Raises DatasetFileNotFoundError listing everything that is missing.
+    The layout `python -m data.synthetic` writes (root/train/, root/val/,
+    root/instances_{train,val}.json) is accepted too. Only the `splits` asked for must exist
+    (eval needs just 'val'). Raises DatasetFileNotFoundError listing everything that is missing.
     """
+    synthetic = DatasetPaths(
+        train_images=osp.join(root, 'train'),
+        train_info=osp.join(root, 'instances_train.json'),
+        valid_images=osp.join(root, 'val'),
+        valid_info=osp.join(root, 'instances_val.json'))
+    if osp.isfile(synthetic.valid_info) or osp.isfile(synthetic.train_info):
+        return synthetic
     paths = DatasetPaths(
         train_images=osp.join(root, 'train2017'),
         train_info=osp.join(root, 'annotations', 'instances_train2017.json'),
@@ -429,10 +438,13 @@ def coco_dataset_paths(root: str) -> DatasetPaths:
         valid_info=osp.join(root, 'annotations', 'instances_val2017.json'))
     if not osp.isdir(root):
         raise DatasetFileNotFoundError(f"COCO root folder not found: {root}")
+    wanted = [p for split in splits for p in
+              ((paths.train_images, paths.train_info) if split == 'train' else
+               (paths.valid_images, paths.valid_info))]
     missing = [osp.relpath(p, root) + ('/' if p.endswith('2017') else '')
-               for p in paths if not (osp.isdir(p) if p.endswith('2017') else osp.isfile(p))]
+               for p in wanted if not (osp.isdir(p) if p.endswith('2017') else osp.isfile(p))]
     if missing:
+        expected = ', '.join(osp.relpath(p, root) for p in wanted)
         raise DatasetFileNotFoundError(
-            f"COCO root {root} is missing {', '.join(missing)} (expected train2017/, val2017/, "
-            f"annotations/instances_train2017.json, annotations/instances_val2017.json)")
+            f"COCO root {root} is missing {', '.join(missing)} (expected {expected})")
     return paths

@@ -292,3 +292,15 @@ def test_enforce_size_pads_without_distortion():
     assert torch.allclose(out_t, expected)
     same = enforce_size(img, targets, masks, 0, 20, 10)
     assert same[0] is img and same[1] is targets
+
+
+def test_coco_dataset_paths_val_only_and_synthetic_layout(tmp_path, synthetic_root, synthetic_paths):
+    root = tmp_path / 'coco'
+    (root / 'val2017').mkdir(parents=True)
+    (root / 'annotations').mkdir()
+    (root / 'annotations' / 'instances_val2017.json').write_text('{}')
+    paths = coco_dataset_paths(str(root), splits=('val',))
+    assert paths.valid_images == str(root / 'val2017')
+    with pytest.raises(DatasetFileNotFoundError, match='train2017/'):
+        coco_dataset_paths(str(root))
+    assert coco_dataset_paths(str(synthetic_root)) == synthetic_paths

@@ -170,3 +170,17 @@ def test_batched_inference_at_550_on_cpu():
         assert d is not None and d['box'].shape[1] == 4
         assert d['mask'].shape[1] == 32 and d['proto'].shape == (138, 138, 32)
         assert len(d['class']) == len(d['score']) <= cfg.max_num_detections
+
+
+def test_eval_under_bf16_autocast_detects_in_float32():
+    torch.manual_seed(0)
+    net = small_resnet50()
+    net.init_weights(backbone_path=None)
+    with torch.no_grad():
+        net.prediction_layers[0].conf_layer.weight.mul_(25)
+    net.eval()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        det = net(torch.randn(1, 3, 128, 128))[0]['detection']
+    assert det is not None
+    assert det['box'].dtype == torch.float32 and det['score'].dtype == torch.float32
+    assert det['proto'].dtype == torch.float32
