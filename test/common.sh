@@ -324,7 +324,7 @@ yolact_launch() {
     if [ "${mode}" = full ]; then
         local checkpoint
         checkpoint="$("${YL_PYTHON}" -m utils.launch_summary checkpoint --save_folder="${run_dir}/weights" \
-                      --log_folder="${run_dir}/logs" --console="${train_log}")" || return 1
+                      --log_folder="${run_dir}/logs" --console="${train_log}" --since="${start_time}")" || return 1
         local eval_device="${YL_DEVICE}"
         [ "${YL_DEVICE}" != cpu ] && eval_device="${YL_DEVICE}:${device_id}"
         _yl_say "evaluating the final checkpoint ${checkpoint}"
@@ -342,6 +342,6 @@ yolact_launch() {
 
     "${YL_PYTHON}" -m utils.launch_summary report --case="${case_name}" --rank_size="${rank_size}" \
         --batch_size="${batch}" --node_device="${YL_DEVICE}" --log_folder="${run_dir}/logs" \
-        --console="${train_log}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
+        --console="${train_log}" --since="${start_time}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
         --out="${out}/${case_name}.log" "${report_args[@]}"
 }

@@ -142,6 +142,25 @@ def test_final_checkpoint_is_the_one_the_summary_names(tmp_path):
     assert ls.final_checkpoint(str(weights), str(tmp_path / 'logs')) == str(named)
 
 
+def test_log_sessions_older_than_the_run_are_ignored(tmp_path):
+    # An earlier run logged to the folder; this one ran with --no_log: its console output counts.
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    old, new = weights / f'{DEMO_NAME}_0_900.pth', weights / f'{DEMO_NAME}_0_5.pth'
+    for path in (old, new):
+        path.write_bytes(b'x')
+    write_log(tmp_path / 'logs', [{'iter': 900, 'images_per_sec': 9.0, 'final_loss': 1.0,
+                                   'checkpoint': str(old)}])
+    console = tmp_path / 'train_0.log'
+    console.write_text(f'Training finished at iteration 5; saved {new}.\n'
+                       'Train summary: iterations=5 images_per_sec=2.000 final_loss=7.5000 nonfinite_skipped=0\n')
+    since = time.time() + 1
+    assert ls.result_from_json_log(str(tmp_path / 'logs' / f'{DEMO_NAME}.log'), since) is None
+    assert ls.train_result(str(tmp_path / 'logs'), str(console), since).images_per_sec == 2.0
+    assert ls.final_checkpoint(str(weights), str(tmp_path / 'logs'), str(console), since) == str(new)
+    assert ls.final_checkpoint(str(weights), str(tmp_path / 'logs'), str(console)) == str(old)
+
+
 def test_final_checkpoint_without_a_summary_is_the_newest_file(tmp_path):
     names = [f'{DEMO_NAME}_0_900.pth', 'renamed_by_hand.pth', f'{DEMO_NAME}_1_1000.pth',
              f'{DEMO_NAME}_1_1200_interrupt.pth']

@@ -57,16 +57,19 @@ def json_logs(log_folder: str) -> List[str]:
     return sorted(glob.glob(os.path.join(log_folder, '*.log')), key=os.path.getmtime)
 
 
-def result_from_json_log(path: str) -> Optional[TrainResult]:
-    """The `summary` record of the last session in `path` (None when that session has none,
-    i.e. it did not finish)."""
-    last_session, summary = None, None
+def result_from_json_log(path: str, since: Optional[float] = None) -> Optional[TrainResult]:
+    """The `summary` record of the last session in `path`; None when that session has none (it
+    did not finish) or, with `since` (unix seconds), when it started before then (an earlier run;
+    this one ran with --no_log or elsewhere)."""
+    last_session, started, summary = None, None, None
     for entry in read_log(path):
         if entry.get('type') == 'session':
-            last_session, summary = entry.get('session'), None
+            last_session, started, summary = entry.get('session'), entry.get('time'), None
         elif entry.get('type') == 'summary' and entry.get('session') == last_session:
             summary = entry.get('data', {})
     if summary is None:
+        return None
+    if since is not None and (started is None or _as_float(started) < since):
         return None
     iterations = summary.get('iter')
     return TrainResult(images_per_sec=_as_float(summary.get('images_per_sec')),
@@ -93,10 +96,11 @@ def result_from_console(path: str) -> Optional[TrainResult]:
     return result
 
 
-def train_result(log_folder: str, console: Optional[str] = None) -> TrainResult:
-    """The finished run's numbers: the newest JSON log first, else the console output."""
+def train_result(log_folder: str, console: Optional[str] = None, since: Optional[float] = None) -> TrainResult:
+    """The finished run's numbers: the newest JSON log first (its last session, if it started
+    after `since`), else the console output."""
     logs = json_logs(log_folder) if os.path.isdir(log_folder) else []
-    result = result_from_json_log(logs[-1]) if logs else None
+    result = result_from_json_log(logs[-1], since) if logs else None
     if result is None and console is not None:
         result = result_from_console(console)
     if result is None:
@@ -115,11 +119,11 @@ def _checkpoint_rank(path: str) -> Tuple[float, int]:
 
 
 def final_checkpoint(save_folder: str, log_folder: Optional[str] = None,
-                     console: Optional[str] = None) -> str:
+                     console: Optional[str] = None, since: Optional[float] = None) -> str:
     """The checkpoint the run ended with: the one its summary names, else the newest `.pth` in
     `save_folder` (interrupt saves excluded; the highest iteration wins among equally new files)."""
     try:
-        named = train_result(log_folder or save_folder, console).checkpoint
+        named = train_result(log_folder or save_folder, console, since).checkpoint
     except SummaryError:
         named = None
     if named and os.path.isfile(named):
@@ -207,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument('--save_folder', required=True)
     ck.add_argument('--log_folder', default=None, help="train.py's --log_folder (default: save_folder)")
     ck.add_argument('--console', default=None, help="train.py's console output")
+    ck.add_argument('--since', type=float, default=None,
+                    help='unix time the run started: older log sessions are not this run')
 
     rp = sub.add_parser('report', help='print the summary block and write <CaseName>.log')
     rp.add_argument('--case', required=True, help='e.g. YOLACT_bs8_1p_acc')
@@ -215,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--node_device', required=True, help='cpu, cuda or npu')
     rp.add_argument('--log_folder', required=True, help="train.py's --log_folder")
     rp.add_argument('--console', default=None, help="train.py's console output")
+    rp.add_argument('--since', type=float, default=None,
+                    help='unix time the run started: older log sessions are not this run')
     rp.add_argument('--eval_output', default=None, help="eval.py's output (full runs)")
     rp.add_argument('--e2e_seconds', type=int, required=True)
     rp.add_argument('--out', required=True, help='the <CaseName>.log file to write')
@@ -225,9 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == 'checkpoint':
-            print(final_checkpoint(args.save_folder, args.log_folder, args.console))
+            print(final_checkpoint(args.save_folder, args.log_folder, args.console, args.since))
             return 0
-        result = train_result(args.log_folder, args.console)
+        result = train_result(args.log_folder, args.console, args.since)
         accuracy = eval_accuracy(args.eval_output) if args.eval_output else None
         block, fields = report(args.case, args.rank_size, args.batch_size, args.node_device, result,
                                args.e2e_seconds, accuracy)
