@@ -177,10 +177,10 @@ _yl_resolve_data() {
     fi
 }
 
-# Generate the synthetic set if needed and lay it out as a COCO root (YL_DATA_ROOT). Run in the
-# repository root.
+# Generate the synthetic set if needed (a no-op when it is there); train.py --data and eval.py
+# --val_data read its layout as they read a COCO root. Run in the repository root.
 _yl_prepare_synthetic() {
-    local dir="${YL_SYNTHETIC_DIR}" view
+    local dir="${YL_SYNTHETIC_DIR}"
     _yl_say "no data path given: training on the synthetic shapes dataset in ${dir} with ${YL_CONFIG}" \
             "(pass a COCO root as the first argument or --data_path= to train on COCO)"
     local gen=("${YL_PYTHON}" -m data.synthetic --out "${dir}")
@@ -190,15 +190,7 @@ _yl_prepare_synthetic() {
         _yl_err "could not generate the synthetic dataset in ${dir}"
         return 1
     fi
-    # train.py --data and eval.py --val_data read the COCO 2017 names: expose the synthetic
-    # files under them (relative links, so the folder can move).
-    view="${dir}/coco_layout"
-    mkdir -p "${view}/annotations" || return 1
-    ln -sfn ../train "${view}/train2017" &&
-        ln -sfn ../val "${view}/val2017" &&
-        ln -sfn ../../instances_train.json "${view}/annotations/instances_train2017.json" &&
-        ln -sfn ../../instances_val.json "${view}/annotations/instances_val2017.json" || return 1
-    YL_DATA_ROOT="${view}"
+    YL_DATA_ROOT="${dir}"
 }
 
 # Print the command (shell-quoted) and run it with its output also in $1; returns its status.

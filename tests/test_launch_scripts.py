@@ -83,7 +83,7 @@ def fake_cann(tmp_path) -> Path:
 
 @pytest.fixture(scope='module')
 def tiny_coco(tmp_path_factory) -> Path:
-    """A tiny synthetic set (4 train / 2 val) in the COCO 2017 layout, as the scripts expose it."""
+    """A tiny synthetic set (4 train / 2 val) laid out as a COCO 2017 root (what users pass)."""
     root = tmp_path_factory.mktemp('launch_synthetic')
     generate(str(root), TINY_TRAIN, TINY_VAL, seed=0, workers=1, progress=False)
     view = root / 'coco_layout'
@@ -316,6 +316,7 @@ def test_performance_1p_without_arguments_uses_synthetic_data(tmp_path, fake_can
     assert 'FAKE CANN' not in proc.stdout
     assert f'no data path given: training on the synthetic shapes dataset in {synthetic}' in proc.stdout
     assert '(detected; override with --node_device= or NODE_DEVICE)' in proc.stdout
+    assert f'--data={synthetic} ' in proc.stdout
     with open(synthetic / 'instances_train.json') as f:
         assert len(json.load(f)['images']) == TINY_TRAIN
     # --max_iter=1 is single-card-equivalent at batch 8: 8 iterations at batch 1.
