@@ -5,8 +5,9 @@
 #
 # Arguments of every script:
 #   [DATA_PATH]            first argument, or --data_path=DATA_PATH: a COCO 2017 root (train2017/,
-#                          val2017/, annotations/instances_{train,val}2017.json). Without one the
-#                          synthetic shapes dataset and the demo config are used (generated once).
+#                          val2017/, annotations/instances_{train,val}2017.json) or a folder written
+#                          by `python -m data.synthetic`. Without one the synthetic shapes dataset
+#                          (data/synthetic, generated once) and the demo config are used.
 #   --node_device=DEV      cpu, cuda or npu (else env NODE_DEVICE; default npu if torch_npu
 #                          imports, else cuda if available, else cpu)
 #   --config=NAME          default yolact_base_config (COCO) / yolact_resnet18_synthetic_config
