@@ -242,7 +242,8 @@ def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
     if args.dataset is not None:
         set_dataset(args.dataset)
     if args.data is not None:
-        paths = coco_dataset_paths(args.data)
+        # A run without validation needs no val2017/ (the performance scripts).
+        paths = coco_dataset_paths(args.data, ('train', 'val') if args.validation_epoch > 0 else ('train',))
         cfg.dataset = cfg.dataset.copy(paths._asdict())
     if args.max_iter is not None:
         cfg.max_iter = args.max_iter

@@ -363,3 +363,21 @@ def test_keep_latest_keeps_only_the_newest_and_the_milestones(tiny, tmp_path):
     assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_0_4.pth',
                      'tiny_train_0_4.state.pt']
     assert not (tmp_path / 'logs').exists()
+
+
+def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, capsys):
+    """--validation_epoch 1: mAP through eval.evaluate after epoch 1 (the original skips epoch 0)
+    and once more when training ends; both logged."""
+    import train
+    from utils.logger import read_entries
+    rc = train.main(tiny_args(tmp_path, '--batch_size', '4', '--max_iter', '5', '--validation_epoch', '1',
+                              '--validation_size', '2'))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count('Computing validation mAP') == 2
+    entries = read_entries(str(tmp_path / 'logs' / 'tiny_train.log'), 'val')
+    # 8 images / batch 4 = 2 iterations per epoch: epoch 1 ends at iteration 4, training at 5.
+    assert [(e['data']['epoch'], e['data']['iter']) for e in entries] == [(1, 4), (2, 5)]
+    for e in entries:
+        assert set(e['data']) >= {'box', 'mask', 'elapsed'}
+        assert 0 <= e['data']['box']['all'] <= 100 and '50' in e['data']['mask']
