@@ -158,3 +158,47 @@ def prototype_mosaic(proto: Tensor, columns: int = 8) -> np.ndarray:
     grid[:m] = p
     grid = grid.view(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
     return (grid * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def image_grid(images: Sequence[np.ndarray], columns: int = 4, size: int = 256, gap: int = 4) -> np.ndarray:
+    """Tile images (each resized to size x size) into one BGR picture with `gap` px of white."""
+    if not images:
+        raise ValueError('image_grid needs at least one image')
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    step = size + gap
+    grid = np.full((rows * step - gap, columns * step - gap, 3), 255, dtype=np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, columns)
+        grid[r * step:r * step + size, c * step:c * step + size] = cv2.resize(img, (size, size))
+    return grid
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m utils.visualize grid IN_DIR OUT.png [--columns 4] [--limit 16]`."""
+    import argparse
+    import os
+    parser = argparse.ArgumentParser(description='Tile the images of a folder into one picture.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    grid = sub.add_parser('grid', help='make a grid of the images in a folder')
+    grid.add_argument('folder')
+    grid.add_argument('out')
+    grid.add_argument('--columns', type=int, default=4)
+    grid.add_argument('--limit', type=int, default=16, help='use at most this many images (sorted by name)')
+    grid.add_argument('--size', type=int, default=256, help='side of each tile in pixels')
+    args = parser.parse_args(argv)
+    exts = ('.png', '.jpg', '.jpeg', '.bmp')
+    names = sorted(n for n in os.listdir(args.folder) if n.lower().endswith(exts))[:args.limit] \
+        if os.path.isdir(args.folder) else []
+    images = [img for img in (cv2.imread(os.path.join(args.folder, n)) for n in names) if img is not None]
+    if not images:
+        print(f'error: no images in {args.folder}')
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    cv2.imwrite(args.out, image_grid(images, args.columns, args.size))
+    print(f'wrote {args.out} ({len(images)} images)')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
