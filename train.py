@@ -210,6 +210,15 @@ def all_ranks_agree(flag: bool, device: torch.device, want_all: bool = True) -> 
     return bool(t.item())
 
 
+def broadcast_from_rank0(value: int, device: torch.device) -> int:
+    """Rank 0's `value` on every process (the value itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -860,9 +869,13 @@ class Trainer:
             start = time.perf_counter()
             val_info = compute_validation_map(self.net, self.val_set, self.args.validation_size, self.amp_dtype)
             elapsed = time.perf_counter() - start
-            box, mask = val_info.get('box', {}).get('all'), val_info.get('mask', {}).get('all')
-            print(f'Validation (epoch {epoch}, iteration {self.iteration}): box mAP {box}, mask mAP {mask} '
-                  f'({elapsed:.1f}s)', flush=True)
+            if val_info is None:
+                print('Validation: the validation set has no ground truth, no mAP computed.', flush=True)
+                val_info = {}
+            else:
+                box, mask = val_info.get('box', {}).get('all'), val_info.get('mask', {}).get('all')
+                print(f'Validation (epoch {epoch}, iteration {self.iteration}): box mAP {box}, mask mAP {mask} '
+                      f'({elapsed:.1f}s)', flush=True)
             if self.log is not None:
                 self.log.log('val', val_info, elapsed=elapsed, epoch=epoch, iter=self.iteration)
         barrier()
@@ -1005,12 +1018,17 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         except ValueError:
             named_iter = None
         state = load_training_state(resume_path, named_iter)
-    seed = args.seed if args.seed is not None else (
-        state['seed'] if state is not None else int.from_bytes(os.urandom(4), 'little'))
+    init_distributed(info, device)
+    if args.seed is not None:
+        seed = args.seed
+    elif state is not None:
+        seed = state['seed']
+    else:
+        # Every rank must shuffle with the same seed, or the shards would overlap.
+        seed = broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'), device)
     seed_everything(seed)
 
     train_set, val_set = build_datasets(seed, need_val)
-    init_distributed(info, device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
 

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -77,7 +76,9 @@ def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         # Each rank gets a different image with the same ground truth (see the test).
         result = _one_step(ddp, net, (images[rank:rank + 1], targets[:1], masks[:1], crowds[:1]))
-        torch.save({'total': result.total, 'state': net.state_dict() if rank == 0 else None},
+        # Without --seed every rank uses rank 0's random seed.
+        seed = train.broadcast_from_rank0(1000 + rank, CPU)
+        torch.save({'total': result.total, 'seed': seed, 'state': net.state_dict() if rank == 0 else None},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -88,7 +89,6 @@ def test_ddp_step_equals_one_process_on_the_concatenated_batch(tiny, tmp_path):
     they have the same number of positives and the loss of the whole batch - normalised by its
     positives - is exactly the mean of the halves' losses, which is what DDP's gradient averaging
     optimises. BatchNorm is frozen (per-process batch 1 < 6), so no batch statistics differ."""
-    import train
     from data.config import set_cfg
     mp.spawn(_ddp_step_worker, args=(2, free_port(), dict(tiny._asdict()), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / 'rank0.pt', weights_only=True)
@@ -99,6 +99,7 @@ def test_ddp_step_equals_one_process_on_the_concatenated_batch(tiny, tmp_path):
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     result = _one_step(model, net, (images[:2], targets[:1] * 2, masks[:1] * 2, crowds[:1] * 2))
 
+    assert rank0['seed'] == rank1['seed'] == 1000
     assert rank0['total'] != pytest.approx(rank1['total'], rel=1e-3)  # the halves really differ
     assert result.total == pytest.approx((rank0['total'] + rank1['total']) / 2, rel=1e-5)
     single = net.state_dict()

@@ -2,7 +2,6 @@
 resumes exactly, a failed checkpoint write loses nothing, non-finite losses are skipped and counted."""
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys

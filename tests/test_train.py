@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
