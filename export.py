@@ -187,9 +187,9 @@ def _maskiou_example(model: ExportableYolact, proto: torch.Tensor) -> torch.Tens
             model.maskiou_net(masks)
     except RuntimeError as err:
         # Its unpadded stride-2 convs need prototypes of at least 63 x 63 (input >= 252 pixels).
-        raise ExportError(f"the mask-IoU head of '{cfg.name}' cannot run on {proto.shape[1]}x{proto.shape[2]} "
-                          f"prototypes (input size {model.image_size}): use a larger --image_size "
-                          f"({err})") from None
+        raise ExportError(f"the mask-IoU head of '{cfg.name}' cannot run on "
+                          f"{proto.shape[1]}x{proto.shape[2]} prototypes (input size "
+                          f"{model.image_size}): use a larger --image_size ({err})") from None
     return masks
 
 
@@ -201,17 +201,18 @@ def resolve_opset(model: ExportableYolact, opset: Optional[int]) -> int:
     if opset is None:
         return DEFORM_CONV_MIN_OPSET if deformable else DEFAULT_OPSET
     if deformable and opset < DEFORM_CONV_MIN_OPSET:
-        raise ExportError(f"config '{cfg.name}' uses deformable convolutions (YOLACT++, torchvision "
-                          f"deform_conv2d); ONNX has DeformConv only from opset {DEFORM_CONV_MIN_OPSET} on, "
-                          f"so it cannot be exported at opset {opset}: use --opset {DEFORM_CONV_MIN_OPSET} "
-                          f"or newer (or --format torchscript)")
+        raise ExportError(f"config '{cfg.name}' uses deformable convolutions (YOLACT++, "
+                          f"torchvision deform_conv2d); ONNX has DeformConv only from opset "
+                          f"{DEFORM_CONV_MIN_OPSET} on, so it cannot be exported at opset {opset}: "
+                          f"use --opset {DEFORM_CONV_MIN_OPSET} or newer (or --format torchscript)")
     if opset < LEGACY_MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: YOLACT needs opset {LEGACY_MIN_OPSET} or newer")
     return opset
 
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: str, opset: int, input_name: str,
-                 output_names: Sequence[str], dynamic_dim: Optional[str], metadata: Dict[str, Any]) -> None:
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: str, opset: int,
+                 input_name: str, output_names: Sequence[str], dynamic_dim: Optional[str],
+                 metadata: Dict[str, Any]) -> None:
     """torch.onnx.export one module with its first input dimension free when `dynamic_dim` is
     given, and the metadata stored under METADATA_KEY."""
     require('onnx', 'ONNX export')
@@ -259,11 +260,12 @@ def export_onnx(model: ExportableYolact, path: str, opset: Optional[int] = None,
     maskiou_file = None
     if model.maskiou_net is not None:
         maskiou_file = maskiou_path(path)
-        _onnx_export(model.maskiou_net, _maskiou_example(model, proto), maskiou_file, opset, MASKIOU_INPUT_NAME,
-                     [MASKIOU_OUTPUT_NAME], 'detections', {'role': 'maskiou'})
+        _onnx_export(model.maskiou_net, _maskiou_example(model, proto), maskiou_file, opset,
+                     MASKIOU_INPUT_NAME, [MASKIOU_OUTPUT_NAME], 'detections', {'role': 'maskiou'})
         written.append(maskiou_file)
 
-    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file), dynamic_batch)
+    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file),
+                               dynamic_batch)
     _onnx_export(model, example, path, opset, INPUT_NAME, OUTPUT_NAMES,
                  'batch' if dynamic_batch else None, metadata)
     return written
@@ -309,7 +311,8 @@ def export_torchscript(model: ExportableYolact, path: str) -> List[str]:
             torch.jit.save(_trace(model.maskiou_net, _maskiou_example(model, proto)), maskiou_file)
         written.append(maskiou_file)
 
-    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file), dynamic_batch=True)
+    metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file),
+                               dynamic_batch=True)
     with _quiet_jit():
         torch.jit.save(_trace(model, example), path,
                        _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
@@ -357,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='output file (default: the checkpoint path with .onnx or .pt)')
     parser.add_argument('--format', choices=('onnx', 'torchscript'), default='onnx')
     parser.add_argument('--opset', type=int, default=None,
-                        help=f'ONNX opset (default {DEFAULT_OPSET}, {DEFORM_CONV_MIN_OPSET} for YOLACT++; '
+                        help=f'ONNX opset (default {DEFAULT_OPSET}, '
+                             f'{DEFORM_CONV_MIN_OPSET} for YOLACT++; '
                              f'below {DYNAMO_MIN_OPSET} uses torch\'s older exporter)')
     parser.add_argument('--dynamic_batch', action='store_true',
                         help='ONNX: leave the batch dimension free (TorchScript always is)')

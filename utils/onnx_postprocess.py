@@ -25,7 +25,7 @@ Layout of the exported network's outputs for a batch of B images and P priors (o
 file 'yolact.json'): input size and normalisation, class names, NMS settings, mask activation.
 """
 import json
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -66,7 +66,8 @@ def load_metadata(source: Any) -> Dict[str, Any]:
     if hasattr(source, 'get_modelmeta'):
         custom = source.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in custom:
-            raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: was it written by export.py?")
+            raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: "
+                             f"was it written by export.py?")
         return json.loads(custom[METADATA_KEY])
     if isinstance(source, dict) and TORCHSCRIPT_METADATA_FILE in source:
         text = source[TORCHSCRIPT_METADATA_FILE]
@@ -75,8 +76,8 @@ def load_metadata(source: Any) -> Dict[str, Any]:
         return json.loads(source)
     if isinstance(source, dict) and 'input_size' in source:
         return source
-    raise TypeError(f"expected an onnxruntime session, TorchScript extra files, JSON or a metadata dict, "
-                    f"got {type(source).__name__}")
+    raise TypeError(f"expected an onnxruntime session, TorchScript extra files, JSON or a "
+                    f"metadata dict, got {type(source).__name__}")
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -123,7 +124,8 @@ def preprocess(image: np.ndarray, meta: Dict[str, Any]) -> np.ndarray:
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[-1] != 3:
-        raise ValueError(f"expected a BGR image [H, W, 3] or a batch [N, H, W, 3], got shape {image.shape}")
+        raise ValueError(f"expected a BGR image [H, W, 3] or a batch [N, H, W, 3], "
+                         f"got shape {image.shape}")
     size = int(meta['input_size'])
     x = resize_bilinear(image.astype(np.float32).transpose(0, 3, 1, 2), size, size)
 
@@ -149,9 +151,13 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     Returns:
         float[..., A, B]
     """
-    lo = np.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])
-    hi = np.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=-1)
+    def side(lo_idx: int, hi_idx: int) -> np.ndarray:
+        # Overlap along one axis, per coordinate to keep the temporaries at [..., A, B].
+        hi = np.minimum(boxes_a[..., :, None, hi_idx], boxes_b[..., None, :, hi_idx])
+        lo = np.maximum(boxes_a[..., :, None, lo_idx], boxes_b[..., None, :, lo_idx])
+        return np.maximum(hi - lo, 0)
+
+    inter = side(0, 2) * side(1, 3)
     area_a = (boxes_a[..., 2] - boxes_a[..., 0]) * (boxes_a[..., 3] - boxes_a[..., 1])
     area_b = (boxes_b[..., 2] - boxes_b[..., 0]) * (boxes_b[..., 3] - boxes_b[..., 1])
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -253,7 +259,8 @@ def assemble_masks(proto: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray,
         float32[D, h, w] soft masks at prototype resolution.
     """
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown mask activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
+        raise ValueError(f"unknown mask activation {activation!r}; "
+                         f"expected one of {sorted(_ACTIVATIONS)}")
     h, w, m = proto.shape
     masks = (coeffs @ proto.reshape(h * w, m).T).reshape(-1, h, w)
     masks = _ACTIVATIONS[activation](masks).astype(np.float32)
@@ -291,7 +298,8 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, coeffs: np.ndarray, proto
         meta['max_num_detections'], cross_class)
     if score_threshold > 0:
         keep = det_scores > score_threshold
-        det_boxes, det_coeffs, classes, det_scores = det_boxes[keep], det_coeffs[keep], classes[keep], det_scores[keep]
+        det_boxes, det_coeffs = det_boxes[keep], det_coeffs[keep]
+        classes, det_scores = classes[keep], det_scores[keep]
 
     soft = assemble_masks(proto, det_coeffs, det_boxes, meta['mask_activation'], crop)
     mask_scores = None
