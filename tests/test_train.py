@@ -317,12 +317,19 @@ def test_overfitting_one_batch_reduces_the_loss_five_fold(tiny):
     assert result.total <= first / 5, f'loss went from {first:.3f} to {result.total:.3f} in {step + 1} steps'
 
 
-def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_path):
+def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_path, capsys):
     """Issue 3, done-when 4: an end-to-end CPU run, then --resume latest continues the count."""
     import train
     from utils.checkpoint import load_state_dict_file
     rc = train.main(tiny_args(tmp_path, '--max_iter', '4', '--save_interval', '2'))
     assert rc == 0
+    out = capsys.readouterr().out
+    assert 'training from scratch' in out
+    # A progress line per iteration (--log_interval 1): loss terms, total, ETA, fps, avg fps.
+    progress = [line for line in out.splitlines() if line.startswith('[  0]')]
+    assert len(progress) == 4
+    assert all(k in progress[-1] for k in ('B: ', 'C: ', 'M: ', 'S: ', 'T: ', 'ETA: ', 'fps: ', 'avg fps: '))
+    assert 'Train summary: iterations=4 images_per_sec=' in out
     weights = tmp_path / 'weights'
     names = sorted(p.name for p in weights.iterdir())
     # Epochs have 8 images / batch 2 = 4 iterations: iteration 2 ends in epoch 0, 4 is the final save.
@@ -340,6 +347,31 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
     assert rc == 0
     assert (weights / 'tiny_train_1_6.pth').exists()
     assert sorted(train_losses(tmp_path / 'logs', session=1)) == [4, 5]
+
+    # A weights-only checkpoint (e.g. from the original code): the iteration comes from its name.
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'tiny_train_1_7.pth').write_bytes((weights / 'tiny_train_1_6.pth').read_bytes())
+    capsys.readouterr()
+    rc = train.main(tiny_args(tmp_path, '--max_iter', '8', '--resume', str(other / 'tiny_train_1_7.pth')))
+    assert rc == 0
+    assert 'No training state beside' in capsys.readouterr().out
+    assert sorted(train_losses(tmp_path / 'logs', session=2)) == [7]
+
+
+def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
+    import train
+    from yolact import Yolact
+    set_cfg(TINY_CONFIG)
+    seen = []
+    monkeypatch.setattr(Yolact, 'init_weights', lambda self, backbone_path: seen.append(backbone_path))
+    net = object.__new__(Yolact)
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.chdir(tmp_path / 'cwd')  # no weights/ folder here, whatever the repository holds
+    assert train.init_weights(net, str(tmp_path)) is None and seen == [None]
+    (tmp_path / cfg.backbone.path).write_bytes(b'weights')
+    path = os.path.join(str(tmp_path), cfg.backbone.path)
+    assert train.init_weights(net, str(tmp_path)) == path and seen[-1] == path
 
 
 def test_same_seed_gives_identical_losses(tiny, tmp_path):
