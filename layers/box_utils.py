@@ -36,6 +36,30 @@ def _box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def _coordinate_planes(boxes: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """boxes (Tensor[n, N, 4]) -> x1, y1, x2, y2, each a contiguous Tensor[n, N].
+
+    Pairwise kernels broadcast [n, A, 1] against [n, 1, B]; with one contiguous plane per
+    coordinate every inner loop runs over contiguous memory (a trailing dimension of 4 does not
+    vectorise and made the IoU matrix of Fast NMS several times slower).
+    """
+    planes = boxes.transpose(-1, -2).contiguous()
+    return planes[:, 0], planes[:, 1], planes[:, 2], planes[:, 3]
+
+
+def _pairwise_intersection(a: Tuple[Tensor, ...], b: Tuple[Tensor, ...]) -> Tensor:
+    """Intersection areas Tensor[n, A, B] from the coordinate planes of two box sets.
+
+    Same arithmetic, in the same order, as (min(x2) - max(x1)).clamp(0) * (min(y2) - max(y1)).clamp(0),
+    so the values are bit-identical to the straightforward formula.
+    """
+    ax1, ay1, ax2, ay2 = (t[:, :, None] for t in a)
+    bx1, by1, bx2, by2 = (t[:, None, :] for t in b)
+    width = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+    height = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
+    return width.mul_(height)
+
+
 def intersect(box_a: Tensor, box_b: Tensor) -> Tensor:
     """Pairwise intersection areas.
 
@@ -45,9 +69,7 @@ def intersect(box_a: Tensor, box_b: Tensor) -> Tensor:
     Returns:
         Tensor[n, A, B]: intersection area of every (a, b) pair within each batch entry.
     """
-    lo = torch.max(box_a[:, :, None, :2], box_b[:, None, :, :2])
-    hi = torch.min(box_a[:, :, None, 2:], box_b[:, None, :, 2:])
-    return (hi - lo).clamp(min=0).prod(dim=3)
+    return _pairwise_intersection(_coordinate_planes(box_a), _coordinate_planes(box_b))
 
 
 def jaccard(box_a: Tensor, box_b: Tensor, iscrowd: bool = False) -> Tensor:
@@ -70,13 +92,16 @@ def jaccard(box_a: Tensor, box_b: Tensor, iscrowd: bool = False) -> Tensor:
     batched = box_a.dim() == 3
     if not batched:
         box_a, box_b = box_a[None], box_b[None]
-    inter = intersect(box_a, box_b)
-    area_a = _box_area(box_a)[:, :, None]
+    a = _coordinate_planes(box_a)
+    b = _coordinate_planes(box_b)
+    inter = _pairwise_intersection(a, b)
+    area_a = ((a[2] - a[0]) * (a[3] - a[1]))[:, :, None]
     if iscrowd:
-        out = inter / area_a
+        out = inter.div_(area_a)
     else:
-        area_b = _box_area(box_b)[:, None, :]
-        out = inter / (area_a + area_b - inter)
+        area_b = ((b[2] - b[0]) * (b[3] - b[1]))[:, None, :]
+        union = (area_a + area_b).sub_(inter)
+        out = inter.div_(union)
     return out if batched else out[0]
 
 
@@ -293,8 +318,10 @@ def crop(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
 
     xs = torch.arange(w, device=masks.device, dtype=x1.dtype)[None, :, None]
     ys = torch.arange(h, device=masks.device, dtype=y1.dtype)[:, None, None]
-    inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)  # broadcasts to [H, W, N]
-    return masks * inside.to(masks.dtype)
+    # Separable: a [1, W, N] column test times an [H, 1, N] row test, one full-size product.
+    cols = ((xs >= x1) & (xs < x2)).to(masks.dtype)
+    rows = ((ys >= y1) & (ys < y2)).to(masks.dtype)
+    return masks * (rows * cols)
 
 
 def index2d(src: Tensor, idx: Tensor) -> Tensor:

@@ -104,7 +104,9 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         align = False if interpolation_mode in _ALIGNABLE_MODES else None
         masks = F.interpolate(masks.unsqueeze(0), (h, w), mode=interpolation_mode,
                               align_corners=align).squeeze(0)
-        masks = (masks > 0.5).to(masks.dtype)
+        # In place: the full-size masks are the largest tensors of inference (100 x h x w floats);
+        # a second copy would double the peak memory and the memory traffic.
+        masks.gt_(0.5)
 
     x1, x2 = sanitize_coordinates(boxes[:, 0], boxes[:, 2], w, cast=False)
     y1, y2 = sanitize_coordinates(boxes[:, 1], boxes[:, 3], h, cast=False)
