@@ -326,14 +326,9 @@ def test_tiny_onnx_opset_17_uses_the_older_exporter(tmp_path):
 def test_docs_snippet_runs_as_written_without_torch(tiny_onnx, tmp_path):
     """The README's onnxruntime snippet, executed verbatim in a process where torch cannot be
     imported, on the tiny model; it prints what `detect` finds in-process."""
-    snippet = None
-    for doc in (REPO_ROOT / 'README.md', REPO_ROOT / 'docs' / 'export.md'):
-        if doc.is_file() and '<!-- export-snippet' in doc.read_text():
-            after = doc.read_text().split('<!-- export-snippet', 1)[1]
-            snippet = after.split('```python\n', 1)[1].split('```', 1)[0]
-            break
-    assert snippet is not None, ("no '<!-- export-snippet' marker before a python block in "
-                                 "README.md or docs/export.md")
+    readme = (REPO_ROOT / 'README.md').read_text()
+    assert '<!-- export-snippet' in readme, "no '<!-- export-snippet' marker before a python block in README.md"
+    snippet = readme.split('<!-- export-snippet', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
 
     os.symlink(tiny_onnx.path, tmp_path / 'yolact_base.onnx')
     # Random 4x4-pixel blocks: pixel noise would not survive JPEG well enough to score above 0.3.
