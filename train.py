@@ -944,6 +944,12 @@ class Trainer:
 
     def run(self) -> int:
         """Train to max_iter. Returns the exit status (0, or 128 + signal number when interrupted)."""
+        if self.iteration >= self.sched.max_iter:
+            # A resumed run that is already complete: saving again would only add a duplicate.
+            if self.info.is_main:
+                print(f'Already at iteration {self.iteration} of {self.sched.max_iter}: nothing to train.',
+                      flush=True)
+            return 0
         if self.args.interrupt:
             self.stop.install()
         try:

@@ -348,6 +348,13 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
     assert (weights / 'tiny_train_1_6.pth').exists()
     assert sorted(train_losses(tmp_path / 'logs', session=1)) == [4, 5]
 
+    # Resuming a finished run trains nothing and writes no duplicate checkpoint.
+    before = sorted(p.name for p in weights.iterdir())
+    capsys.readouterr()
+    assert train.main(tiny_args(tmp_path, '--max_iter', '6', '--resume', 'latest')) == 0
+    assert 'nothing to train' in capsys.readouterr().out
+    assert sorted(p.name for p in weights.iterdir()) == before
+
     # A weights-only checkpoint (e.g. from the original code): the iteration comes from its name.
     other = tmp_path / 'other'
     other.mkdir()
@@ -356,7 +363,7 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
     rc = train.main(tiny_args(tmp_path, '--max_iter', '8', '--resume', str(other / 'tiny_train_1_7.pth')))
     assert rc == 0
     assert 'No training state beside' in capsys.readouterr().out
-    assert sorted(train_losses(tmp_path / 'logs', session=2)) == [7]
+    assert sorted(train_losses(tmp_path / 'logs', session=3)) == [7]  # session 2 was the no-op
 
 
 def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
