@@ -183,6 +183,7 @@ class COCODetection(data.Dataset):
         # Counts of dropped annotations (filled here) and of replaced samples (filled by
         # __getitem__; with DataLoader workers each worker process keeps its own counts).
         self.skipped: Counter = Counter()
+        self._empty_mask_ids: set = set()
 
         self.coco = COCO()
         self.coco.dataset = content
@@ -261,6 +262,13 @@ class COCODetection(data.Dataset):
         raise RuntimeError(f"{self.info_file}: no usable sample after {MAX_RESAMPLE_ATTEMPTS} "
                            f"replacements starting from index {index}; skipped so far: {dict(self.skipped)}")
 
+    def _note_empty_mask(self, ann: dict, img_id) -> None:
+        self.skipped['empty_mask'] += 1
+        if ann.get('id') not in self._empty_mask_ids:
+            self._empty_mask_ids.add(ann.get('id'))
+            logger.warning('%s: annotation %s of image id %s has an empty or out-of-image mask; skipped',
+                           self.name, ann.get('id'), img_id)
+
     def _note_skip(self, reason: str, detail: str) -> None:
         self.skipped[reason] += 1
         logger.warning('%s: %s; using another sample (%s so far)', self.name, detail, self.skipped[reason])
@@ -319,6 +327,16 @@ class COCODetection(data.Dataset):
 
         if anns:
             masks = np.stack([self._mask(a, height, width) for a in anns])
+            # A mask with no pixel in the image (polygon outside it, empty RLE) would teach the
+            # box "this object has no mask": drop such annotations, counted and logged once each.
+            visible = masks.reshape(len(anns), -1).any(axis=1)
+            if not visible.all():
+                for ann in (a for a, v in zip(anns, visible) if not v):
+                    self._note_empty_mask(ann, img_id)
+                anns = [a for a, v in zip(anns, visible) if v]
+                masks = masks[visible]
+                num_crowds = sum(1 for a in anns if a.get('iscrowd', 0))
+        if anns:
             target = np.asarray(self.target_transform(anns, width, height), dtype=np.float32).reshape(-1, 5)
         else:
             masks = np.zeros((0, height, width), dtype=np.uint8)

@@ -304,3 +304,32 @@ def test_coco_dataset_paths_val_only_and_synthetic_layout(tmp_path, synthetic_ro
     with pytest.raises(DatasetFileNotFoundError, match='train2017/'):
         coco_dataset_paths(str(root))
     assert coco_dataset_paths(str(synthetic_root)) == synthetic_paths
+
+
+def test_empty_or_out_of_image_mask_is_skipped_and_counted(tmp_path, caplog):
+    outside = [[30.0, 0.0, 40.0, 0.0, 40.0, 5.0, 30.0, 5.0]]  # the image is 20 px wide
+    annotations = [
+        {'id': 1, 'image_id': 1, 'category_id': 1, 'iscrowd': 0, 'bbox': [2, 2, 4, 4], 'area': 16,
+         'segmentation': [SQUARE]},
+        {'id': 2, 'image_id': 1, 'category_id': 2, 'iscrowd': 0, 'bbox': [15, 0, 4, 5], 'area': 20,
+         'segmentation': outside},
+    ]
+    img_dir, info = _hand_made(tmp_path, annotations=annotations)
+    ds = COCODetection(img_dir, info, label_map=IDENTITY6, num_classes=7)
+    with caplog.at_level(logging.WARNING, logger='data.coco'):
+        _, target, masks, _, _, num_crowds = ds.pull_item(0)
+        ds.pull_item(0)
+    assert target.shape == (1, 5) and target[0, 4] == 0 and masks.shape[0] == 1
+    assert ds.skipped['empty_mask'] == 2  # counted each time it is met ...
+    assert caplog.text.count('annotation 2 of image id 1') == 1  # ... logged once
+
+
+def test_image_with_only_crowd_annotations_is_a_background_sample(tmp_path):
+    annotations = [{'id': 1, 'image_id': 1, 'category_id': 3, 'iscrowd': 1, 'bbox': [0, 0, 1, 10],
+                    'area': 10, 'segmentation': CROWD_RLE}]
+    img_dir, info = _hand_made(tmp_path, annotations=annotations)
+    ds = COCODetection(img_dir, info, label_map=IDENTITY6, num_classes=7)
+    img, (target, masks, num_crowds) = ds[0]
+    # Kept as in the original: every prior is background except those under the crowd.
+    assert target.shape == (1, 5) and target[0, 4] == -1 and num_crowds == 1
+    assert ds.skipped['no_ground_truth'] == 0
