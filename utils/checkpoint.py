@@ -6,6 +6,7 @@ a save leaves the previous file intact.
 """
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any, Dict
@@ -17,6 +18,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe or not what was expected."""
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes (torch adds some)."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_file(path: str, map_location: Any = 'cpu') -> Any:
     """`torch.load(path, weights_only=True)` with a one-line error naming the file on failure."""
     if not os.path.isfile(path):
@@ -25,12 +32,10 @@ def load_file(path: str, map_location: Any = 'cpu') -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refuses globals outside tensors/containers: code or foreign objects.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused to load, it is not a plain tensor file "
-                              f"(weights_only=True): {first}") from None
+                              f"(weights_only=True): {_first_line(err)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {_first_line(err)}") from None
 
 
 def load_state_dict_file(path: str, map_location: Any = 'cpu') -> Dict[str, torch.Tensor]:
