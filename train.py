@@ -506,7 +506,12 @@ def build_criterion() -> MultiBoxLoss:
                         neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
 
 
-def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.SGD:
+def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
+    """SGD as the original (cfg.optimizer 'sgd'), or AdamW ('adamw', for training from scratch)."""
+    if cfg.optimizer == 'adamw':
+        return torch.optim.AdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
+    if cfg.optimizer != 'sgd':
+        raise ConfigError(f"config option optimizer = {cfg.optimizer!r}: expected 'sgd' or 'adamw'")
     return torch.optim.SGD(net.parameters(), lr=sched.lr, momentum=sched.momentum, weight_decay=sched.decay)
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import types
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -419,3 +420,19 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
     for e in entries:
         assert set(e['data']) >= {'box', 'mask', 'elapsed'}
         assert 0 <= e['data']['box']['all'] <= 100 and '50' in e['data']['mask']
+
+
+def test_optimizer_choice_from_config(monkeypatch):
+    import train
+    from data.config import ConfigError
+    net = torch.nn.Linear(2, 2)
+    sched = types.SimpleNamespace(lr=0.01, momentum=0.9, decay=5e-4)
+    monkeypatch.setattr(cfg, 'optimizer', 'sgd')
+    opt = train.build_optimizer(net, sched)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]['momentum'] == 0.9
+    monkeypatch.setattr(cfg, 'optimizer', 'adamw')
+    opt = train.build_optimizer(net, sched)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]['weight_decay'] == 5e-4
+    monkeypatch.setattr(cfg, 'optimizer', 'rmsprop')
+    with pytest.raises(ConfigError, match="'rmsprop'"):
+        train.build_optimizer(net, sched)
