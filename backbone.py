@@ -45,6 +45,37 @@ class DCN(nn.Module):
                              mask=torch.sigmoid(modulation))
 
 
+# Run a convolution followed by a frozen (eval-mode) BatchNorm as one convolution with the norm
+# folded into its weights and bias. Same result up to float rounding, one pass over the activations
+# less (forward and backward), and no normalised copy kept for backward. Module structure and
+# state_dict are untouched: the folding happens on the fly. Off: the plain conv -> BN path.
+FOLD_FROZEN_BN = True
+
+
+def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)), computed as one convolution when `bn` is a frozen nn.BatchNorm2d.
+
+    A BatchNorm in eval mode is the per-channel affine map y = x * s + (beta - mean * s) with
+    s = gamma / sqrt(running_var + eps); folded into the conv it becomes weight * s and a bias.
+    Gradients still reach the conv weights (and gamma/beta if they require grad) through s.
+    """
+    if (not FOLD_FROZEN_BN or bn.training or type(conv) is not nn.Conv2d
+            or type(bn) is not nn.BatchNorm2d or bn.running_var is None or bn.weight is None):
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
+
+
+def _conv_bn_sequential(module: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """module(x) for a ResNet shortcut; folded when it is the usual Sequential(conv, bn)."""
+    if isinstance(module, nn.Sequential) and len(module) == 2:
+        return conv_bn(module[0], module[1], x)
+    return module(x)
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck (1x1, 3x3, 1x1) with the stride on the 3x3, as torchvision's."""
     expansion = 4
@@ -68,10 +99,10 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = self.relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, out)
+        shortcut = x if self.downsample is None else _conv_bn_sequential(self.downsample, x)
         return self.relu(out + shortcut)
 
 
@@ -94,9 +125,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = conv_bn(self.conv2, self.bn2, out)
+        shortcut = x if self.downsample is None else _conv_bn_sequential(self.downsample, x)
         return self.relu(out + shortcut)
 
 
@@ -198,7 +229,7 @@ class ResNetBackbone(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         outs = []
         for layer in self.layers:
             x = layer(x)

@@ -74,6 +74,20 @@ def make_priors(conv_h: int, conv_w: int, aspect_ratios: Sequence[Sequence[float
     return priors.reshape(-1, 4).to(device=device, dtype=torch.float32)
 
 
+def prefers_channels_last(device: torch.device, amp: bool) -> bool:
+    """Whether YOLACT runs faster with channels-last (NHWC) weights and activations here.
+
+    Measured with benchmarks/bench.py: on CPU, oneDNN convolutions skip a layout reorder per conv in
+    NHWC (for fp32 and even more for bf16); on CUDA, NHWC is what tensor cores use under fp16/bf16
+    autocast. Use as ``net.to(memory_format=torch.channels_last)``; results are unchanged.
+    """
+    if device.type == 'cpu':
+        return True
+    if device.type == 'cuda':
+        return amp
+    return False
+
+
 class PredictionModule(nn.Module):
     """Box, class and mask-coefficient head for one FPN level.
 
@@ -272,6 +286,8 @@ class Yolact(nn.Module):
             self.semantic_seg_conv = nn.Conv2d(src_channels[0], cfg.num_classes - 1, kernel_size=1)
 
         self._priors_cache: Dict[tuple, torch.Tensor] = {}
+        self._compiled_network = None
+        self._compile_args: Optional[dict] = None
         self.use_focal_loss = cfg.use_focal_loss
         self.use_sigmoid_focal_loss = cfg.use_sigmoid_focal_loss
         self.use_objectness_score = cfg.use_objectness_score
@@ -299,6 +315,9 @@ class Yolact(nn.Module):
                 del state_dict[key]
         self._check_compatible(state_dict, path)
         self.load_state_dict(state_dict)
+        if self._compile_args is not None:
+            # A frozen compiled network holds the old weights as constants.
+            self.compile_network(**self._compile_args)
 
     def _check_compatible(self, state_dict: Dict[str, torch.Tensor], path: str) -> None:
         own = self.state_dict()
@@ -360,6 +379,20 @@ class Yolact(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x (Tensor[B, 3, H, W]) normalised images (see utils.augmentations.FastBaseTransform)."""
+        network = self._compiled_network if self._compiled_network is not None else self.network
+        preds = network(x)
+        if self.training:
+            return preds
+
+        # Box decoding and NMS in float32 even under autocast: fp16/bf16 boxes shift by pixels.
+        preds = {k: v.float() for k, v in preds.items()}
+        preds['conf'] = self.class_scores(preds['conf'])
+        with torch.autocast(x.device.type, enabled=False):
+            return self.detect(preds, self)
+
+    def network(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Everything before detection: the raw outputs described in the class docstring (the
+        train-only 'classes' and 'segm' only in train mode). `compile_network` compiles this part."""
         outs = self.backbone(x)
         if hasattr(self, 'fpn'):
             outs = self.fpn([outs[i] for i in self.backbone_selected_layers])
@@ -384,13 +417,26 @@ class Yolact(nn.Module):
                 preds['classes'] = self.class_existence_fc(outs[-1].mean(dim=(2, 3)))
             if hasattr(self, 'semantic_seg_conv'):
                 preds['segm'] = self.semantic_seg_conv(outs[0])
-            return preds
+        return preds
 
-        # Box decoding and NMS in float32 even under autocast: fp16/bf16 boxes shift by pixels.
-        preds = {k: v.float() for k, v in preds.items()}
-        preds['conf'] = self.class_scores(preds['conf'])
-        with torch.autocast(x.device.type, enabled=False):
-            return self.detect(preds, self)
+    def compile_network(self, freeze: bool = True, **compile_kwargs) -> None:
+        """torch.compile the network part of forward (backbone to heads; Detect stays eager, its
+        output size depends on the data). Opt-in: the first call compiles, about a minute on a
+        2-core CPU; later calls run the compiled code. state_dict keys are unchanged.
+
+        freeze: let Inductor treat the weights as constants in inference (calls without grad):
+            batch norm folded into the convolutions, weights pre-packed and, under autocast,
+            pre-cast. `load_weights` compiles again so new weights are picked up; after changing
+            weights any other way, call this again. Training calls (with grad) are not frozen.
+        compile_kwargs: passed to torch.compile (mode, dynamic, backend, options, ...).
+        """
+        options = dict(compile_kwargs.pop('options', None) or {})
+        if freeze and compile_kwargs.get('backend', 'inductor') == 'inductor':
+            options.setdefault('freezing', True)
+        if options:
+            compile_kwargs['options'] = options
+        self._compile_args = dict(compile_kwargs, freeze=freeze)
+        self._compiled_network = torch.compile(self.network, **compile_kwargs)
 
     def priors(self, level_sizes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
         """All anchors (Tensor[P, 4], cx cy w h) for the given FPN level sizes, cached."""
