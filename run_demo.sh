@@ -5,24 +5,24 @@
 # Running it again reuses the environment, the dataset and a finished training run.
 #
 # Knobs (environment variables):
-#   DEMO_ITERS     training iterations (default 1400)     DEMO_BATCH   batch size (default 8)
+#   DEMO_ITERS     training iterations (default 1500)     DEMO_BATCH   batch size (default 8)
 #   DEMO_TRAIN     synthetic training images (2000)       DEMO_VAL     validation images (200)
 #   DEMO_DATA      dataset folder (data/synthetic)        DEMO_OUT     output folder (demo_output)
-#   DEMO_WORKERS   data loading processes (2)             DEMO_VAL_EPOCHS  epochs between validations (1)
+#   DEMO_WORKERS   data loading processes (2)             DEMO_VAL_EPOCHS  epochs between validations (2)
 #   DEMO_FRESH=1   retrain even if DEMO_OUT has a finished run
 set -euo pipefail
 cd "$(dirname "$0")"
 
 CONFIG=yolact_resnet18_synthetic_config
 NAME=yolact_resnet18_synthetic
-DEMO_ITERS=${DEMO_ITERS:-1400}
+DEMO_ITERS=${DEMO_ITERS:-1500}
 DEMO_BATCH=${DEMO_BATCH:-8}
 DEMO_TRAIN=${DEMO_TRAIN:-2000}
 DEMO_VAL=${DEMO_VAL:-200}
 DEMO_DATA=${DEMO_DATA:-data/synthetic}
 DEMO_OUT=${DEMO_OUT:-demo_output}
 DEMO_WORKERS=${DEMO_WORKERS:-2}
-DEMO_VAL_EPOCHS=${DEMO_VAL_EPOCHS:-1}
+DEMO_VAL_EPOCHS=${DEMO_VAL_EPOCHS:-2}
 
 step() { printf '\n==> %s\n' "$*"; }
 

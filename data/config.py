@@ -368,8 +368,7 @@ coco_base_config = Config({
     # Linear warm-up from lr_warmup_init to lr over the first lr_warmup_until iterations.
     'lr_warmup_init': 1e-4,
     'lr_warmup_until': 500,
-    # 'sgd' (momentum, the original's) or 'adamw' (decoupled weight decay `decay`): AdamW
-    # converges much faster when training from scratch, as the CPU demo does.
+    # 'sgd' (momentum, the original's) or 'adamw' (decoupled weight decay `decay`).
     'optimizer': 'sgd',
 
     # Loss weights
@@ -650,12 +649,11 @@ yolact_resnet18_synthetic_config = yolact_base_config.copy({
     'dataset': synthetic_dataset,
     'num_classes': len(synthetic_dataset.class_names) + 1,
     'max_size': 256,
-    'optimizer': 'adamw',
-    'lr': 1e-3,
+    'lr': 5e-3,
     'lr_warmup_init': 1e-4,
-    'lr_warmup_until': 200,
-    'lr_steps': (1000, 1250),
-    'max_iter': 1400,
+    'lr_warmup_until': 300,
+    'lr_steps': (1100, 1350),
+    'max_iter': 1500,
     'backbone': resnet18_backbone.copy({
         'selected_layers': list(range(1, 4)),
         'pred_scales': [[16], [32], [64], [128], [256]],
