@@ -22,6 +22,7 @@ import data.config as config_module
 from data.config import cfg, set_cfg
 
 REPO = Path(__file__).resolve().parents[1]
+OVERFIT_EVAL_STEPS = 120
 TINY_CONFIG = 'tiny_train_config'
 
 
@@ -436,3 +437,23 @@ def test_optimizer_choice_from_config(monkeypatch):
     monkeypatch.setattr(cfg, 'optimizer', 'rmsprop')
     with pytest.raises(ConfigError, match="'rmsprop'"):
         train.build_optimizer(net, sched)
+
+
+def test_overfit_batch_is_found_again_by_eval(tiny):
+    """Train and evaluation agree end to end (class indices, box coding, mask assembly, COCO ids):
+    a tiny net overfit on two images scores a clearly non-zero box and mask mAP on them."""
+    import eval as eval_script
+    import train
+    from data.coco import COCODetection
+    from utils.augmentations import BaseTransform
+    set_cfg(TINY_CONFIG)
+    cfg.max_size = 128  # the synthetic shapes are small; 96 px leaves some a few pixels wide
+    net, model, batch = _tiny_model_and_batch(images=(0, 1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(OVERFIT_EVAL_STEPS):
+        train.train_step(model, optimizer, batch)
+    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform())
+    ds.ids = ds.ids[:2]  # the two training images
+    result = eval_script.evaluate(net, ds, train_mode=True, opts=eval_script.default_options(),
+                                  no_bar=True, max_images=2, fast_nms=True)
+    assert result['box']['all'] > 30 and result['mask']['all'] > 30, result
