@@ -8,19 +8,10 @@ import torchvision
 import yolact
 from backbone import DCN, ResNetBackbone
 from data.config import cfg, set_cfg
+from tests.test_config import ORIGINAL_CONFIGS, restore_cfg  # noqa: F401 (restore_cfg: autouse fixture)
 from utils.checkpoint import CheckpointError
 
 HERE = os.path.dirname(__file__)
-ORIGINAL_CONFIGS = ['yolact_base_config', 'yolact_im400_config', 'yolact_im700_config',
-                    'yolact_darknet53_config', 'yolact_resnet50_config',
-                    'yolact_resnet50_pascal_config', 'yolact_plus_base_config',
-                    'yolact_plus_resnet50_config']
-
-
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
 
 
 def reference_keys(config_name):
