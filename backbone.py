@@ -62,11 +62,45 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if (not FOLD_FROZEN_BN or bn.training or type(conv) is not nn.Conv2d
             or type(bn) is not nn.BatchNorm2d or bn.running_var is None or bn.weight is None):
         return bn(conv(x))
+    cached = _low_precision_inference_params(conv, bn, x.device.type)
+    weight, bias = cached if cached is not None else _folded_params(conv, bn)
+    return conv._conv_forward(x, weight, bias)
+
+
+def _folded_params(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """(weight, bias) of the convolution equal to bn(conv(x)) with bn in eval mode."""
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
-    return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def _low_precision_inference_params(conv: nn.Conv2d, bn: nn.BatchNorm2d, device_type: str):
+    """Folded (weight, bias) already in the autocast dtype, kept on `conv` between calls; or None.
+
+    Only for inference under autocast (no grad): there autocast would otherwise fold and cast the
+    fp32 weights again on every call, a pass over all backbone weights per image. The values are
+    exactly what autocast computes. The copy costs half the fp32 weights' memory and is rebuilt
+    when a weight or BatchNorm tensor changes (in-place updates bump their version), moves or
+    changes layout. In fp32 nothing is kept: that would cost as much memory as the weights.
+    """
+    if (torch.compiler.is_compiling() or torch.is_grad_enabled()
+            or not torch.is_autocast_enabled(device_type)):
+        return None  # (a compiled network folds and casts the weights once itself)
+    dtype = torch.get_autocast_dtype(device_type)
+    weight = conv.weight
+    if weight.dtype == dtype:
+        return None
+    tensors = (weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
+    key = (dtype, weight.device, weight.stride(),
+           tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors))
+    cached = getattr(conv, '_low_precision_folded', None)
+    if cached is None or cached[0] != key:
+        folded_weight, folded_bias = _folded_params(conv, bn)
+        cached = (key, folded_weight.to(dtype), folded_bias.to(dtype))
+        conv._low_precision_folded = cached
+    return cached[1], cached[2]
 
 
 def _conv_bn_sequential(module: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:

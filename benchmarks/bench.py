@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (REPO, os.path.join(REPO, 'tests')):
@@ -130,24 +130,42 @@ def detect_inputs(num_priors: int = DETECT_PRIORS, num_classes: int = DETECT_CLA
     }
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> List[float]:
-    """Seconds per call of fn, after `warmup` untimed calls; waits for the device around each call."""
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device,
+               on_warm: Optional[Callable[[], None]] = None) -> Tuple[List[float], float]:
+    """Seconds per call of fn after `warmup` untimed calls (waiting for the device around each
+    call), and the seconds of the very first call (which includes any compilation).
+    `on_warm` runs between the warm-up and the timed calls."""
     from utils.device import synchronize
-    for _ in range(warmup):
+    first = 0.0
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
-    synchronize(device)
+        synchronize(device)
+        if i == 0:
+            first = time.perf_counter() - start
+    if on_warm is not None:
+        on_warm()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return times
+    return times, first
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window (CPU: the kernel's VmHWM via /proc/self/clear_refs)."""
+    """Start a new peak-memory window (CPU: the kernel's VmHWM via /proc/self/clear_refs).
+
+    On glibc, freed heap memory (e.g. the temporaries of filling the weights) is first handed back
+    to the system with malloc_trim, so the window starts from what the process really holds.
+    """
     gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -233,10 +251,13 @@ def run_eval(config: str, amp: bool, s: Settings, device: torch.device) -> Dict:
             classes, scores, boxes, masks = postprocess(dets, s.size, s.size)
         counts.append(int(classes.shape[0]))
 
+    # With --compile the window starts after the warm-up, so it holds inference, not the compiler.
     reset_peak_memory(device)
-    times = time_calls(step, s.warmup, s.repeats, device)
+    times, first = time_calls(step, max(s.warmup, 1), s.repeats, device,
+                              on_warm=(lambda: reset_peak_memory(device)) if s.compile else None)
     return {'seconds': times, 'unit': 'ms/img', 'scale': 1000.0, 'detections': counts[-1],
-            'channels_last': channels_last, 'compile': s.compile, **peak_memory(device)}
+            'first_call_s': first, 'channels_last': channels_last, 'compile': s.compile,
+            **peak_memory(device)}
 
 
 def run_train(config: str, amp: bool, s: Settings, device: torch.device) -> Dict:
@@ -264,7 +285,7 @@ def run_train(config: str, amp: bool, s: Settings, device: torch.device) -> Dict
         losses.append(result.total)
 
     reset_peak_memory(device)
-    times = time_calls(step, s.train_warmup, s.train_repeats, device)
+    times, first = time_calls(step, s.train_warmup, s.train_repeats, device)
     return {'seconds': times, 'unit': 's/step', 'scale': 1.0, 'loss': losses[-1],
             'channels_last': channels_last, **peak_memory(device)}
 
@@ -285,7 +306,7 @@ def run_detect(s: Settings, device: torch.device) -> Dict:
         counts.append(int(out[0]['detection']['score'].shape[0]))
 
     reset_peak_memory(device)
-    times = time_calls(step, max(s.warmup, 3), max(s.repeats, 20), device)
+    times, first = time_calls(step, max(s.warmup, 3), max(s.repeats, 20), device)
     return {'seconds': times, 'unit': 'ms', 'scale': 1000.0, 'detections': counts[-1],
             **peak_memory(device)}
 
@@ -324,17 +345,18 @@ def _gib(n: Optional[int]) -> str:
 
 def format_table(records: List[Dict]) -> str:
     head = (f"{'row':<17} {'median':>9} {'min':>9} {'unit':<7} {'peak RSS GiB':>12} {'run GiB':>8} "
-            f"{'cuda GiB':>8} {'thr':>3} {'CL':>3} {'load1 (before/after)':>20}")
+            f"{'cuda GiB':>8} {'thr':>3} {'CL':>3} {'cmp':>3} {'load1 (before/after)':>20}")
     lines = [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
             lines.append(f"{r['row']:<17} ERROR: {r['error'].strip().splitlines()[-1][:90]}")
             continue
         cl = 'y' if r.get('channels_last') else ('n' if 'channels_last' in r else '-')
+        compiled = 'y' if r.get('compile') else ('n' if 'compile' in r else '-')
         load = f"{r['loadavg_before'][0]:.2f}/{r['loadavg_after'][0]:.2f}"
         lines.append(f"{r['row']:<17} {r['median']:>9.1f} {r['min']:>9.1f} {r['unit']:<7} "
                      f"{_gib(r['peak_rss_process']):>12} {_gib(r['peak_rss_run']):>8} "
-                     f"{_gib(r.get('peak_cuda_allocated')):>8} {r['threads']:>3} {cl:>3} {load:>20}")
+                     f"{_gib(r.get('peak_cuda_allocated')):>8} {r['threads']:>3} {cl:>3} {compiled:>3} {load:>20}")
     return '\n'.join(lines)
 
 

@@ -290,3 +290,36 @@ def test_batchnorm_in_training_mode_is_not_folded(monkeypatch):
     net(image(2))
     # Batch statistics were used and the running statistics updated: BatchNorm really ran.
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_autocast_inference_weight_cache_is_exact_and_follows_weight_changes(monkeypatch):
+    import backbone
+    net = small_net()
+    x = image()
+
+    def run():
+        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+            return {k: v.float() for k, v in net.network(x).items()}
+
+    first, again = run(), run()
+    conv = net.backbone.layers[0][0].conv1
+    assert conv._low_precision_folded[1].dtype == torch.bfloat16
+    monkeypatch.setattr(backbone, '_low_precision_inference_params', lambda *args: None)
+    uncached = run()
+    monkeypatch.undo()
+    assert_close_dicts(first, uncached, tol=0)
+    assert_close_dicts(again, uncached, tol=0)
+
+    # New weights loaded in place must be used, not the cached copy.
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state['backbone.layers.0.0.bn1.running_mean'] += 0.5
+    state['backbone.layers.0.0.conv1.weight'] *= 1.5
+    net.load_state_dict(state)
+    changed = run()
+    monkeypatch.setattr(backbone, '_low_precision_inference_params', lambda *args: None)
+    assert_close_dicts(changed, run(), tol=0)
+    assert not torch.equal(changed['proto'], first['proto'])
+    # With grad (training) nothing is cached or reused.
+    monkeypatch.undo()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert backbone._low_precision_inference_params(conv, net.backbone.layers[0][0].bn1, 'cpu') is None
