@@ -27,7 +27,8 @@ from layers.output_utils import postprocess
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError
 from utils.coco_results import CocoResults, evaluate_results, format_map_table
-from utils.device import DeviceError, default_device_type, select_device
+from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type,
+                          prefers_channels_last, select_device)
 from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
                              evalimages, evalvideo)
@@ -86,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cuda', type=str2bool, default=None, metavar='BOOL',
                    help='the original\'s switch: true = --node_device cuda, false = cpu')
     add_bool_flag(p, 'amp', False, 'run the network under autocast')
-    p.add_argument('--amp_dtype', default='auto', choices=('auto', 'fp16', 'bf16'),
-                   help='autocast dtype; auto: bf16 on cpu, fp16 on cuda/npu')
+    p.add_argument('--amp_dtype', default='auto', choices=AMP_CHOICES,
+                   help='autocast dtype; auto: fp16 on cuda/npu, bf16 on a CPU with native bf16, '
+                        'float32 on other CPUs')
 
     p.add_argument('--top_k', default=5, type=int, help='detections drawn per image (and kept by --benchmark)')
     add_bool_flag(p, 'fast_nms', True, "Fast NMS (the paper's); false: greedy NMS")
@@ -427,6 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             dataset = build_dataset(opts)
         net = load_model(opts.trained_model, device)
+        if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None) is not None):
+            net = net.to(memory_format=torch.channels_last)  # same results, faster convs here
         if media:
             run_media(net, opts)
         else:

@@ -38,7 +38,8 @@ from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset
 from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.device import DeviceError, distributed_backend, select_device, synchronize
+from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, distributed_backend, select_device,
+                          synchronize)
 from utils.functions import MovingAverage, SavePath
 from utils.logger import Log
 from yolact import Yolact
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='set by torch.distributed.launch; torchrun uses LOCAL_RANK instead')
     # This port's.
     p.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
-    p.add_argument('--amp_dtype', default='auto', choices=('auto', 'fp16', 'bf16', 'float16', 'bfloat16'),
-                   help='autocast dtype; auto = float16 on cuda/npu, bfloat16 on cpu')
+    p.add_argument('--amp_dtype', default='auto', choices=AMP_CHOICES,
+                   help='autocast dtype; auto = float16 on cuda/npu, bfloat16 on a CPU with native '
+                        'bf16, float32 on other CPUs')
     p.add_argument('--log_interval', default=10, type=int, help='print a progress line every N iterations')
     p.add_argument('--max_nonfinite', default=10, type=int,
                    help='stop after this many non-finite losses in a row')
@@ -513,18 +515,6 @@ def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
     if cfg.optimizer != 'sgd':
         raise ConfigError(f"config option optimizer = {cfg.optimizer!r}: expected 'sgd' or 'adamw'")
     return torch.optim.SGD(net.parameters(), lr=sched.lr, momentum=sched.momentum, weight_decay=sched.decay)
-
-
-def amp_dtype_for(device: torch.device, amp: bool, choice: str = 'auto') -> Optional[torch.dtype]:
-    """The autocast dtype (None = full precision): float16 on cuda/npu, bfloat16 on cpu by default."""
-    if not amp:
-        return None
-    if choice == 'auto':
-        return torch.bfloat16 if device.type == 'cpu' else torch.float16
-    dtypes = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
-    if choice not in dtypes:
-        raise ValueError(f"--amp_dtype must be auto, fp16 or bf16, got {choice!r}")
-    return dtypes[choice]
 
 
 def make_grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -1062,7 +1052,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     net.to(device)
 
     sched_optimizer = build_optimizer(net, sched)
-    amp_dtype = amp_dtype_for(device, args.amp, args.amp_dtype)
+    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype,
+                               notify=print if info.is_main else None)
     scaler = make_grad_scaler(device, amp_dtype)
 
     iteration, nonfinite_total = 0, 0

@@ -17,6 +17,7 @@ from data.config import ConfigError, cfg, mask_type
 from layers.functions.detection import Detect
 from layers.interpolate import InterpolateModule
 from utils.checkpoint import CheckpointError, load_state_dict_file, save_file
+from utils.device import prefers_channels_last  # noqa: F401  (re-exported: it used to live here)
 
 
 def make_net(in_channels: int, layer_cfgs: Sequence[tuple], include_last_relu: bool = True
@@ -72,20 +73,6 @@ def make_priors(conv_h: int, conv_w: int, aspect_ratios: Sequence[Sequence[float
     centers = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2).expand(-1, len(sizes), 2)
     priors = torch.cat((centers, wh.unsqueeze(0).expand(centers.size(0), -1, -1)), dim=-1)
     return priors.reshape(-1, 4).to(device=device, dtype=torch.float32)
-
-
-def prefers_channels_last(device: torch.device, amp: bool) -> bool:
-    """Whether YOLACT runs faster with channels-last (NHWC) weights and activations here.
-
-    Measured with benchmarks/bench.py: on CPU, oneDNN convolutions skip a layout reorder per conv in
-    NHWC (for fp32 and even more for bf16); on CUDA, NHWC is what tensor cores use under fp16/bf16
-    autocast. Use as ``net.to(memory_format=torch.channels_last)``; results are unchanged.
-    """
-    if device.type == 'cpu':
-        return True
-    if device.type == 'cuda':
-        return amp
-    return False
 
 
 class PredictionModule(nn.Module):

@@ -195,18 +195,22 @@ def peak_memory(device: torch.device) -> Dict[str, Optional[int]]:
     return out
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == 'cpu' else torch.float16
+def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """What `--amp` runs in here (utils.device.autocast_dtype): None on a CPU without native bf16,
+    where the `_amp` rows then run float32, as train.py and eval.py would."""
+    from utils.device import autocast_dtype
+    return autocast_dtype(device, amp=True, notify=None)
 
 
-def use_channels_last(setting: str, device: torch.device, amp: bool) -> bool:
-    """--channels_last auto: whatever `yolact.prefers_channels_last` says for this device and precision."""
+def use_channels_last(setting: str, device: torch.device, amp: bool, training: bool = False) -> bool:
+    """--channels_last auto: whatever `utils.device.prefers_channels_last` says for this device,
+    precision and mode."""
     if setting == 'on':
         return True
     if setting == 'off':
         return False
-    from yolact import prefers_channels_last
-    return prefers_channels_last(device, amp)
+    from utils.device import prefers_channels_last
+    return prefers_channels_last(device, amp, training)
 
 
 def build_net(config: str, size: int, device: torch.device, train: bool):
@@ -264,7 +268,7 @@ def run_train(config: str, amp: bool, s: Settings, device: torch.device) -> Dict
     from parity_fill import make_targets
     from train import NetLoss, build_criterion, train_step
     net = build_net(config, s.size, device, train=True)
-    channels_last = use_channels_last(s.channels_last, device, amp)
+    channels_last = use_channels_last(s.channels_last, device, amp, training=True)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     dtype = amp_dtype(device) if amp else None
@@ -318,6 +322,9 @@ def run_row(name: str, s: Settings) -> Dict:
         torch.set_num_threads(s.threads)
     device = select_device(s.device)
     kind, config, amp = ROWS[name]
+    if amp and amp_dtype(device) is None:
+        print(f'{name}: this CPU has no native bfloat16; --amp runs float32 here', file=sys.stderr)
+        amp = False
     load_before = os.getloadavg()
     if kind == 'eval':
         rec = run_eval(config, amp, s, device)

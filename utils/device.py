@@ -69,3 +69,74 @@ def synchronize(device: Optional[torch.device]) -> None:
     if device is None or device.type == 'cpu':
         return
     getattr(torch, device.type).synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision and memory layout: decided here, from what the hardware runs natively, for every
+# entry point (train.py, eval.py, benchmarks/bench.py, run_demo.sh and test/*.sh through them).
+
+AMP_DTYPES = {'fp16': torch.float16, 'float16': torch.float16,
+              'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
+AMP_CHOICES = ('auto',) + tuple(AMP_DTYPES)
+
+
+def cpu_capability() -> str:
+    """The vector ISA PyTorch's CPU kernels use here: 'AVX2', 'AVX512', ... (ATEN_CPU_CAPABILITY caps it)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 in hardware (AVX512-BF16 or AMX). On AVX2-only CPUs bf16
+    autocast is emulated and about 17x slower than float32, so `--amp` falls back to float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def describe_cpu() -> str:
+    """One line for logs and benchmark tables: the ISA and whether bf16 is native."""
+    bf16 = 'native bfloat16' if cpu_has_native_bf16() else 'no native bfloat16'
+    return f'CPU {cpu_capability()}, {bf16}, {torch.get_num_threads()} threads'
+
+
+_FALLBACK_NOTICE = ('this CPU has no native bfloat16 ({}); running float32 '
+                    '(--amp_dtype bf16 forces bfloat16 autocast)')
+
+
+def autocast_dtype(device: torch.device, amp: bool, choice: str = 'auto',
+                   notify=print) -> Optional[torch.dtype]:
+    """The torch.autocast dtype for `--amp [--amp_dtype choice]`; None means float32.
+
+    'auto' is float16 on cuda/npu and bfloat16 on a CPU that runs it natively; on a CPU without
+    native bf16 it is float32, announced once through `notify`. An explicit dtype is always used.
+    """
+    if not amp:
+        return None
+    if choice != 'auto':
+        if choice not in AMP_DTYPES:
+            raise ValueError(f"--amp_dtype must be one of {', '.join(AMP_CHOICES)}, got {choice!r}")
+        return AMP_DTYPES[choice]
+    if device.type != 'cpu':
+        return torch.float16
+    if cpu_has_native_bf16():
+        return torch.bfloat16
+    if notify is not None:
+        notify(_FALLBACK_NOTICE.format(cpu_capability()))
+    return None
+
+
+def prefers_channels_last(device: torch.device, amp: bool, training: bool = False) -> bool:
+    """Whether YOLACT runs faster with channels-last (NHWC) weights and activations here.
+
+    Measured with benchmarks/bench.py: on CPU, oneDNN convolutions skip a layout reorder per conv
+    in NHWC: eval gains in float32 (AVX2: 1.62 -> 1.34 s/img for yolact_base) and more in bf16,
+    while a float32 training step gains nothing (the backward convs reorder anyway), so training
+    keeps the default layout unless it runs in reduced precision. On CUDA, NHWC is what tensor
+    cores use under fp16/bf16 autocast. Results are unchanged either way.
+    """
+    if device.type == 'cpu':
+        return amp or not training
+    if device.type == 'cuda':
+        return amp
+    return False

@@ -20,25 +20,15 @@ from tqdm import tqdm
 
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
-from utils.device import synchronize
+from utils.device import autocast_dtype, synchronize
 from utils.functions import MovingAverage
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 class InferenceError(RuntimeError):
     """An input (image, folder, video) or output cannot be used."""
-
-
-def amp_dtype(device_type: str, name: str = 'auto') -> torch.dtype:
-    """The autocast dtype for `--amp_dtype name`: 'auto' is bf16 on CPU, fp16 on GPU/NPU."""
-    if name == 'auto':
-        return torch.bfloat16 if device_type == 'cpu' else torch.float16
-    if name not in AMP_DTYPES:
-        raise ValueError(f"--amp_dtype must be auto, {' or '.join(AMP_DTYPES)}; got {name!r}")
-    return AMP_DTYPES[name]
 
 
 def _detections_to_float32(det_output: List[Dict]) -> List[Dict]:
@@ -66,16 +56,17 @@ class Predictor:
     Args:
         net: a Yolact in eval mode (its forward returns Detect's output).
         device: where to compute; default: where the net's parameters are.
-        amp: run the network under torch.autocast.
-        amp_dtype_name: 'auto', 'fp16' or 'bf16' (see `amp_dtype`).
+        amp: run the network under torch.autocast (in float32 where utils.device.autocast_dtype
+            finds no fast reduced precision, e.g. bf16 on a CPU without native support).
+        amp_dtype_name: 'auto', 'fp16' or 'bf16' (see `utils.device.autocast_dtype`).
     """
 
     def __init__(self, net: nn.Module, device: Optional[torch.device] = None, amp: bool = False,
                  amp_dtype_name: str = 'auto'):
         self.net = net
         self.device = device if device is not None else _device_of(net)
-        self.amp = amp
-        self.dtype = amp_dtype(self.device.type, amp_dtype_name) if amp else None
+        self.dtype = autocast_dtype(self.device, amp, amp_dtype_name)
+        self.amp = self.dtype is not None
         self.transform = FastBaseTransform()
 
     def autocast(self):
