@@ -10,7 +10,7 @@ writes::
 
 Each image has a textured background (colour gradient, smooth blotches, noise, random lines) and
 1-6 filled shapes of the classes ``SYNTHETIC_CLASSES`` (category ids 1..6 in that order) with random
-colour, size, rotation and a little stretch. Shapes painted later occlude earlier ones; about one
+colour, size (radius 8-30 % of the image side), rotation and a little stretch. Shapes painted later occlude earlier ones; about one
 image in ten also has a crowd region (``iscrowd=1``): a cluster of small shapes of one class.
 
 Masks are exact: every shape is rasterised by pycocotools itself, so the mask stored in the json
@@ -36,12 +36,19 @@ from pycocotools import mask as mask_utils
 
 from .config import SYNTHETIC_CLASSES
 
-__all__ = ['SYNTHETIC_CLASSES', 'MIN_VISIBLE_AREA', 'RenderedInstance', 'RenderedImage',
+__all__ = ['SYNTHETIC_CLASSES', 'MIN_VISIBLE_AREA', 'min_visible_area', 'RenderedInstance',
+           'RenderedImage',
            'render_image', 'generate']
 
 # Bump when the drawing changes, so an existing dataset on disk is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+# Visible pixels below which a shape is not annotated: in absolute pixels, and as a fraction of the
+# image (the larger one counts). Smaller remnants are slivers no detector could name.
 MIN_VISIBLE_AREA = 20
+MIN_VISIBLE_FRACTION = 0.003
+# Shape radius range as fractions of the image side (log-uniform). Version 1 went down to 0.045:
+# objects of a few pixels at the demo's input size, which only capped the mAP a short run can reach.
+RADIUS_RANGE = (0.08, 0.3)
 JPEG_QUALITY = 95
 SPLIT_CODES = {'train': 0, 'val': 1}
 MAX_INSTANCES = 6
@@ -171,6 +178,7 @@ class _Canvas:
     def __init__(self, image: np.ndarray):
         self.image = image
         self.size = image.shape[0]
+        self.min_area = min_visible_area(self.size)
         self.owner = np.zeros(image.shape[:2], dtype=np.int16)  # 0: background
         self.layers: List[dict] = []
 
@@ -182,7 +190,7 @@ class _Canvas:
             if area == 0:
                 continue
             hidden = int((visible & full).sum())
-            if hidden > MAX_HIDDEN_FRACTION * area or area - hidden < MIN_VISIBLE_AREA:
+            if hidden > MAX_HIDDEN_FRACTION * area or area - hidden < self.min_area:
                 return True
         return False
 
@@ -190,6 +198,11 @@ class _Canvas:
         self.layers.append(dict(full=full, colour=colour, **info))
         self.owner[full] = len(self.layers)
         _paint(self.image, full, colour, rng)
+
+
+def min_visible_area(size: int) -> int:
+    """Fewest visible pixels an annotated shape has in a `size` x `size` image."""
+    return max(MIN_VISIBLE_AREA, int(round(MIN_VISIBLE_FRACTION * size * size)))
 
 
 def _pick_centre(rng: np.random.Generator, size: int, radius: float) -> Tuple[float, float]:
@@ -224,7 +237,7 @@ def _add_crowd(canvas: _Canvas, rng: np.random.Generator) -> None:
         r = rng.uniform(0.012, 0.025) * size
         centre = (cx + rng.normal(0, spread), cy + rng.normal(0, spread))
         full |= _rasterise(_shape_polygon(kind, centre, r, rng.uniform(0, 2 * np.pi), 1.0), size, size)
-    if full.sum() >= MIN_VISIBLE_AREA:
+    if full.sum() >= canvas.min_area:
         canvas.add(full, colour, rng, category_id=cls + 1, polygon=None, iscrowd=True)
 
 
@@ -234,12 +247,12 @@ def _add_object(canvas: _Canvas, rng: np.random.Generator, tries: int = 10) -> N
     cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
     colour = _random_colour(rng)
     for _ in range(tries):
-        radius = float(np.exp(rng.uniform(np.log(0.045 * size), np.log(0.28 * size))))
+        radius = float(np.exp(rng.uniform(*np.log(np.array(RADIUS_RANGE) * size))))
         centre = _pick_centre(rng, size, radius)
         polygon = _shape_polygon(SYNTHETIC_CLASSES[cls], centre, radius,
                                  rng.uniform(0, 2 * np.pi), float(np.exp(rng.uniform(-0.15, 0.15))))
         full = _rasterise(polygon, size, size)
-        if full.sum() < MIN_VISIBLE_AREA or canvas.would_bury(full):
+        if full.sum() < canvas.min_area or canvas.would_bury(full):
             continue
         canvas.add(full, colour, rng, category_id=cls + 1, polygon=polygon, iscrowd=False)
         return
@@ -267,7 +280,7 @@ def render_image(seed: int, split: str, index: int, size: int = 256) -> Rendered
     instances = []
     for idx, layer in enumerate(canvas.layers, start=1):
         visible = canvas.owner == idx
-        if visible.sum() < MIN_VISIBLE_AREA:
+        if visible.sum() < canvas.min_area:
             continue
         polygon = layer['polygon']
         # A polygon is only exact when nothing covers the shape and it is not cut by the border.

@@ -8,7 +8,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from data.config import SYNTHETIC_CLASSES
-from data.synthetic import MIN_VISIBLE_AREA, generate, main, render_image
+from data.synthetic import (MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION, RADIUS_RANGE, generate, main,
+                            min_visible_area, render_image)
 
 # Parameters of the session fixture `synthetic_root` (tests/conftest.py).
 SYNTHETIC_SEED, SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL = 0, 256, 8, 4
@@ -89,7 +90,7 @@ def test_boxes_and_areas_are_tight(synthetic_root):
             assert (x, y) == (cols.min(), rows.min())
             assert (x + w, y + h) == (cols.max() + 1, rows.max() + 1)  # pixel j covers [j, j + 1)
             assert ann['area'] == mask.sum() == mask_utils.area(coco.annToRLE(ann))
-            assert ann['area'] >= MIN_VISIBLE_AREA
+            assert ann['area'] >= min_visible_area(SYNTHETIC_SIZE)
 
 
 def test_pixels_inside_masks_have_the_instance_colour(synthetic_root):
@@ -185,3 +186,24 @@ def test_rejects_bad_arguments(tmp_path):
         render_image(0, 'test', 1)
     with pytest.raises(ValueError, match='size'):
         generate(str(tmp_path), 1, 1, size=8)
+
+
+def test_sliver_threshold_scales_with_the_image():
+    assert min_visible_area(256) == round(MIN_VISIBLE_FRACTION * 256 * 256) > MIN_VISIBLE_AREA
+    assert min_visible_area(32) == MIN_VISIBLE_AREA  # the absolute floor for tiny images
+
+
+def test_object_sizes_follow_the_radius_range():
+    """Fully visible shapes span about 2 x radius: never the few-pixel objects no detector names."""
+    size, sides = 128, []
+    for index in range(1, 41):
+        for inst in render_image(0, 'val', index, size).instances:
+            if inst.polygon is not None:  # whole shape visible, inside the image
+                rows, cols = np.nonzero(inst.mask)
+                sides.append(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    sides = np.array(sides)
+    assert len(sides) > 40
+    # A shape's longest extent lies between ~1.3 r (a stretched triangle) and 2.3 r (a stretched cross).
+    assert sides.min() >= 1.2 * RADIUS_RANGE[0] * size
+    assert sides.max() <= 2.4 * RADIUS_RANGE[1] * size
+    assert np.median(sides) >= 0.2 * size
