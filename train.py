@@ -38,8 +38,8 @@ from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset
 from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, distributed_backend, select_device,
-                          synchronize)
+from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, distributed_backend, prefers_channels_last,
+                          select_device, synchronize)
 from utils.functions import MovingAverage, SavePath
 from utils.logger import Log
 from yolact import Yolact
@@ -1054,6 +1054,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     sched_optimizer = build_optimizer(net, sched)
     amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype,
                                notify=print if info.is_main else None)
+    if prefers_channels_last(device, amp_dtype is not None, training=True):
+        net.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same
     scaler = make_grad_scaler(device, amp_dtype)
 
     iteration, nonfinite_total = 0, 0

@@ -8,8 +8,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from data.config import SYNTHETIC_CLASSES
-from data.synthetic import (MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION, RADIUS_RANGE, generate, main,
-                            min_visible_area, render_image)
+from data.synthetic import (MAX_INSTANCES, MAX_ROTATION_DEG, MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION, RADIUS_RANGE,
+                            generate, main, min_visible_area, render_image)
 
 # Parameters of the session fixture `synthetic_root` (tests/conftest.py).
 SYNTHETIC_SEED, SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL = 0, 256, 8, 4
@@ -138,7 +138,7 @@ def test_renders_crowds_occlusion_and_border_cuts():
     assert occluded >= 10  # RLE used for occluded / cut shapes
     assert polygons >= 50
     assert classes == set(range(1, len(SYNTHETIC_CLASSES) + 1))
-    assert min(counts) >= 0 and max(counts) <= 6 and np.mean(counts) >= 2
+    assert min(counts) >= 0 and max(counts) <= MAX_INSTANCES and np.mean(counts) >= 4
 
 
 def test_later_shapes_occlude_earlier_ones():
@@ -207,3 +207,21 @@ def test_object_sizes_follow_the_radius_range():
     assert sides.min() >= 1.2 * RADIUS_RANGE[0] * size
     assert sides.max() <= 2.4 * RADIUS_RANGE[1] * size
     assert np.median(sides) >= 0.2 * size
+
+
+def test_triangles_stay_upright():
+    """Shapes turn by at most MAX_ROTATION_DEG: below 30 degrees a triangle still points up, so its
+    top rows are narrower than its bottom rows."""
+    assert MAX_ROTATION_DEG < 30
+    checked = 0
+    for index in range(1, 61):
+        for inst in render_image(0, 'train', index, 128).instances:
+            if inst.category_id != 2 or inst.polygon is None:  # 2: triangle, fully visible
+                continue
+            rows = np.nonzero(inst.mask)[0]
+            top, bottom = rows.min(), rows.max()
+            quarter = max((bottom - top) // 4, 1)
+            widths = inst.mask.sum(axis=1)
+            assert widths[top:top + quarter].sum() < widths[bottom - quarter + 1:bottom + 1].sum()
+            checked += 1
+    assert checked >= 5
