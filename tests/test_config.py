@@ -86,3 +86,31 @@ def test_plus_config_settings():
     assert cfg.backbone.args[1] == [0, 4, 23, 3] and cfg.backbone.args[2] == 3
     assert len(cfg.backbone.pred_scales[0]) == 3
     assert cfg.backbone.pred_scales[0][1] == pytest.approx(24 * 2 ** (1 / 3))
+
+
+def test_demo_config_gives_every_synthetic_object_several_positive_anchors():
+    """The demo learns from scratch in minutes only because each object trains several anchors:
+    with one scale per level and IoU >= 0.5 (the original's scheme) most objects got one or two,
+    many only their forced best match. Measured on the synthetic set at the demo's input size."""
+    import numpy as np
+    import torch
+    from data.synthetic import render_image
+    from layers.box_utils import jaccard, point_form
+    from yolact import Yolact
+
+    set_cfg('yolact_resnet18_synthetic_config')
+    size = cfg.max_size
+    net = Yolact().train()
+    levels = [(-(-size // s), -(-size // s)) for s in (8, 16, 32, 64, 128)]  # P3..P7 grid sizes
+    priors = point_form(net.priors(levels, torch.device('cpu')))
+    boxes = []
+    for index in range(1, 31):
+        for inst in render_image(0, 'val', index, size).instances:
+            if not inst.iscrowd:
+                rows, cols = np.nonzero(inst.mask)
+                boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+    iou = jaccard(torch.tensor(boxes, dtype=torch.float32) / size, priors)
+    positives = (iou >= cfg.positive_iou_threshold).sum(dim=1).float()
+    assert len(boxes) > 100
+    assert positives.mean() >= 5
+    assert (positives == 0).float().mean() <= 0.05
