@@ -31,7 +31,7 @@ from utils.coco_results import (COCO_EVAL_BACKENDS, CocoEvalBackendError, CocoRe
 from utils.device import DeviceError, default_device_type, select_device
 from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
-                             evalimages, evalvideo)
+                             evalimages, evalvideo, open_video)
 from utils.visualize import DrawOptions
 
 # Set by parse_args, read by evaluate() when no options are passed (the original's train.py calls
@@ -393,6 +393,8 @@ def check_media_inputs(opts: argparse.Namespace) -> None:
         src, _ = split_in_out(opts.video)
         if not src.isdigit() and not os.path.isfile(src):
             raise EvalError(f"--video: file not found: {src}")
+        if not src.isdigit():
+            open_video(src)[0].release()  # a file that is no video fails here, naming it
     if opts.video_multiframe < 1:
         raise EvalError(f"--video_multiframe must be >= 1, got {opts.video_multiframe}")
 
