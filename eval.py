@@ -431,7 +431,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_media_inputs(opts)
             dataset = None
         else:
-            check_coco_eval_backend(opts.coco_eval)
+            if not opts.benchmark:
+                check_coco_eval_backend(opts.coco_eval)
             dataset = build_dataset(opts)
         net = load_model(opts.trained_model, device)
         if media:
