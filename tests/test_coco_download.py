@@ -309,10 +309,15 @@ def test_unreachable_server_is_one_error_line(tmp_path):
     srv = FileServer({})
     url = srv.url
     srv.close()  # nothing listens there any more
-    proc = subprocess.run(['bash', str(SCRIPTS / 'COCO.sh'), str(tmp_path / 'coco')], text=True,
-                          capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
-                          env={**os.environ, 'COCO_BASE_URL': url, 'COCO_RETRIES': '1'})
-    assert f'error: downloading {url}/annotations/annotations_trainval2017.zip failed' in error_line(proc)
+    env = {**os.environ, 'COCO_BASE_URL': url, 'COCO_RETRIES': '1'}
+    env.pop('COCO_MANIFEST', None)
+    runs = {script: subprocess.run(['bash', str(SCRIPTS / script), str(tmp_path / 'coco')], text=True,
+                                   capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, env=env)
+            for script in ('COCO.sh', 'COCO_test.sh')}
+    assert f'error: downloading {url}/annotations/annotations_trainval2017.zip failed' in error_line(runs['COCO.sh'])
+    # The test-dev image info has no size in the list: it is asked of the server first.
+    assert error_line(runs['COCO_test.sh']).startswith(
+        f'error: cannot get the size of {url}/annotations/image_info_test2017.zip')
 
 
 # ----------------------------------------------------------------------------- the built-in lists

@@ -130,7 +130,7 @@ coco_fetch() {
 
     if [ ! -f "$zip" ]; then
         if [ "$bytes" = - ]; then
-            bytes=$(coco_remote_size "$url")
+            bytes=$(coco_remote_size "$url" || true)
             [ -n "$bytes" ] || coco_die "cannot get the size of $url (is COCO_BASE_URL=$COCO_BASE_URL right?)"
         fi
         echo "Downloading $url ($bytes bytes)"
