@@ -162,8 +162,12 @@ coco2014_dataset = dataset_base.copy({
     'label_map': COCO_LABEL_MAP,
 })
 
+# COCO 2017 as data/scripts/COCO.sh and COCO_test.sh unpack it (the original kept all images in
+# one images/ folder; its file names are unique, so train2017 and val2017 may link to that).
 coco2017_dataset = dataset_base.copy({
     'name': 'COCO 2017',
+    'train_images': './data/coco/train2017/',
+    'valid_images': './data/coco/val2017/',
     'train_info': './data/coco/annotations/instances_train2017.json',
     'valid_info': './data/coco/annotations/instances_val2017.json',
     'label_map': COCO_LABEL_MAP,
@@ -171,6 +175,7 @@ coco2017_dataset = dataset_base.copy({
 
 coco2017_testdev_dataset = dataset_base.copy({
     'name': 'COCO 2017 Test-Dev',
+    'valid_images': './data/coco/test2017/',
     'valid_info': './data/coco/annotations/image_info_test-dev2017.json',
     'has_gt': False,
     'label_map': COCO_LABEL_MAP,

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from data.config import ConfigError, set_cfg
 from tests.eval_helpers import (ScriptedNet, detection_from_masks, gt_detections, register,
                                 save_tiny_checkpoint, tiny_config)
 from utils.augmentations import BaseTransform
-from utils.coco_results import (CocoResults, box_to_xywh, category_ids, encode_masks, evaluate_results,
-                                format_map_table, parse_map_table)
+from utils.coco_results import (CocoEvalBackendError, CocoResults, box_to_xywh, category_ids,
+                                check_coco_eval_backend, encode_masks, evaluate_results, format_map_table,
+                                parse_map_table)
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
@@ -161,6 +163,65 @@ def test_partial_runs_only_count_the_images_evaluated(coco_gt):
     assert evaluate_results(coco_gt, missed, tasks=('box',))['box'].ap['all'] == 0
 
 
+# ----------------------------------------------------------------------------- the faster-coco-eval backend
+
+def _perturbed_results(coco, seed: int = 0) -> CocoResults:
+    """Ground truth turned into imperfect detections: random scores, jittered boxes, masks grown or
+    shrunk by a pixel, a quarter of the objects missed, wrong-class duplicates and false positives."""
+    rng = np.random.default_rng(seed)
+    results = CocoResults(LABEL_MAP)
+    for image_id in sorted(coco.imgs):
+        classes, _, boxes, masks = gt_detections(coco, image_id)
+        n, (h, w) = len(classes), masks.shape[1:]
+        keep = torch.from_numpy(rng.uniform(size=n) > 0.25)
+        boxes = boxes + torch.from_numpy(rng.normal(0, 2.0, (n, 4))).float()
+        grown = torch.nn.functional.max_pool2d(masks[:, None], 3, 1, 1)[:, 0]
+        shrunk = -torch.nn.functional.max_pool2d(-masks[:, None], 3, 1, 1)[:, 0]
+        masks = torch.where(torch.from_numpy(rng.uniform(size=n) > 0.5)[:, None, None], grown, shrunk)
+        classes, boxes, masks = classes[keep], boxes[keep], masks[keep]
+        wrong = (classes + 1) % 6  # the same objects under another class
+        fake = torch.zeros(2, h, w)
+        fake[0, :h // 3, :w // 4] = 1
+        fake[1, h // 2:, w // 2:] = 1
+        fake_boxes = torch.tensor([[0, 0, w // 4, h // 3], [w // 2, h // 2, w, h]], dtype=torch.float32)
+        all_classes = torch.cat([classes, wrong, torch.tensor([0, 3])])
+        results.add(image_id, all_classes, torch.from_numpy(rng.uniform(0.05, 1.0, len(all_classes))).float(),
+                    torch.cat([boxes, boxes, fake_boxes]), torch.cat([masks, masks, fake]))
+    return results
+
+
+@pytest.mark.parametrize('detections', ['ground_truth', 'perturbed', 'none'])
+def test_faster_backend_gives_the_same_12_numbers(coco_gt, detections):
+    if detections == 'ground_truth':
+        results = _gt_results(coco_gt)
+    elif detections == 'perturbed':
+        results = _perturbed_results(coco_gt)
+    else:
+        results = CocoResults(LABEL_MAP)
+        for image_id in sorted(coco_gt.imgs)[:3]:  # a partial run, too
+            results.add(image_id, torch.zeros(0), torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, 8, 8))
+    reference = evaluate_results(coco_gt, results, backend='pycocotools')
+    faster = evaluate_results(coco_gt, results, backend='faster')
+    for task in ('box', 'mask'):
+        assert len(faster[task].stats) == 12
+        assert faster[task].stats == pytest.approx(reference[task].stats, abs=1e-3), task
+        assert faster[task].ap == pytest.approx(reference[task].ap, abs=0.1), task
+        assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in faster[task].summary
+    if detections == 'perturbed':  # a score with room on both sides, so a difference would show
+        assert 0.1 < reference['box'].stats[0] < 0.9 and 0.1 < reference['mask'].stats[0] < 0.9
+
+
+def test_missing_faster_backend_says_how_to_install_it(monkeypatch, coco_gt):
+    monkeypatch.setitem(sys.modules, 'faster_coco_eval', None)  # `import faster_coco_eval` fails
+    with pytest.raises(CocoEvalBackendError, match='pip install faster-coco-eval'):
+        check_coco_eval_backend('faster')
+    with pytest.raises(CocoEvalBackendError, match='pip install faster-coco-eval'):
+        evaluate_results(coco_gt, _gt_results(coco_gt), backend='faster')
+    check_coco_eval_backend('pycocotools')
+    with pytest.raises(CocoEvalBackendError, match='one of pycocotools, faster'):
+        check_coco_eval_backend('detectron2')
+
+
 # ----------------------------------------------------------------------------- eval.evaluate on a dataset
 
 def _dataset(synthetic_root):
@@ -238,6 +299,12 @@ def test_printed_map_equals_pycocotools_on_the_json_files(tiny, synthetic_root, 
         assert result[f'{task}_stats'] == pytest.approx(list(direct.stats))
         assert result[task]['all'] == pytest.approx(direct.stats[0] * 100)
     assert printed['box']['all'] < printed['mask']['all']  # the shifted boxes only hurt boxes
+
+    rng = np.random.default_rng(0)  # the same detections again, scored by faster-coco-eval
+    faster = eval_script.evaluate(_scripted_gt_net(dataset, perturb), dataset, train_mode=True, no_sort=True,
+                                  coco_eval='faster')
+    for task in ('box', 'mask'):
+        assert faster[f'{task}_stats'] == pytest.approx(result[f'{task}_stats'], abs=1e-3)
 
 
 def test_eval_order_and_options():
@@ -331,6 +398,12 @@ def test_cli_errors_are_one_line(tiny, tmp_path, synthetic_root, monkeypatch, ca
 
     rc, _, err = _run_main(['--trained_model', str(ckpt), '--image', str(tmp_path / 'no.png')] + base, capsys)
     assert rc == 1 and 'no.png' in err and 'not found' in err
+
+    monkeypatch.setitem(sys.modules, 'faster_coco_eval', None)  # as if not installed
+    rc, out, err = _run_main(['--trained_model', str(ckpt), '--val_data', str(synthetic_root),
+                              '--coco_eval', 'faster'] + base, capsys)
+    assert rc == 1 and err.strip().count('\n') == 0 and 'pip install faster-coco-eval' in err
+    assert 'Loading model' not in out  # refused before any work
 
 
 def test_cli_evaluates_a_synthetic_checkpoint(tiny, tmp_path, synthetic_root, monkeypatch, capsys):

@@ -210,6 +210,33 @@ def test_cli_images_processes_a_folder(tiny_checkpoint, synthetic_root, tmp_path
         assert cv2.imread(str(dst / name)).shape == cv2.imread(str(src / (name[:-4] + '.jpg'))).shape
 
 
+def test_images_folder_with_files_that_are_not_images(tiny_checkpoint, synthetic_root, tmp_path, capsys):
+    """Other files are counted and left alone; a broken .jpg is skipped and named; the rest is done."""
+    src, dst = tmp_path / 'in', tmp_path / 'out'
+    src.mkdir()
+    good = sorted((synthetic_root / 'val').iterdir())[:2]
+    for p in good:
+        shutil.copy(p, src / p.name)
+    (src / 'notes.txt').write_text('not an image')
+    (src / 'broken.jpg').write_text('not a jpeg either')
+    (src / '.DS_Store').write_bytes(b'\0')
+    rc = eval_script.main(['--trained_model', str(tiny_checkpoint), '--images', f'{src}:{dst}',
+                           '--node_device', DEVICE])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert sorted(os.listdir(dst)) == sorted(p.stem + '.png' for p in good)
+    assert f'Ignoring 1 file(s) without an image extension in {src}: notes.txt' in out
+    assert f'Skipping {src / "broken.jpg"}: could not read an image' in out
+    assert f'Done: 2 image(s) written to {dst}; skipped 1 unreadable file(s).' in out
+
+    for p in good:
+        (src / p.name).unlink()
+    rc = eval_script.main(['--trained_model', str(tiny_checkpoint), '--images', f'{src}:{dst}',
+                           '--node_device', DEVICE])
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f'error: none of the 1 image file(s) in {src} could be read\n'
+
+
 def test_images_folder_without_images_is_an_error(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(Exception, match='no images'):
@@ -219,8 +246,8 @@ def test_images_folder_without_images_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------- --video
 
-def _write_video(path, frames, size=(96, 64)):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 10, size)
+def _write_video(path, frames, size=(96, 64), fourcc='mp4v'):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, size)
     assert writer.isOpened()
     rng = np.random.default_rng(0)
     for _ in range(frames):
@@ -269,6 +296,61 @@ def test_cli_video(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     rc = eval_script.main(['--trained_model', str(tiny_checkpoint), '--video', str(tmp_path / 'nope.mp4'),
                            '--node_device', DEVICE])
     assert rc == 1 and 'nope.mp4' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kind', ['image', 'text', 'truncated_mp4'])
+def test_video_input_that_is_not_a_video_is_named_before_anything_is_written(
+        kind, tiny_checkpoint, val_image, tmp_path, capsys):
+    if kind == 'image':
+        src = val_image  # OpenCV would open it as a one-frame "video"
+    else:
+        src = tmp_path / 'clip.mp4'
+        if kind == 'text':
+            src.write_text('this is not a video\n' * 50)
+        else:
+            _write_video(src, 5)
+            src.write_bytes(src.read_bytes()[:-200])  # the index at the end is gone
+    dst = tmp_path / 'out' / 'result.mp4'
+    rc = eval_script.main(['--trained_model', str(tiny_checkpoint), '--video', f'{src}:{dst}',
+                           '--node_device', DEVICE])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.count('\n') == 1 and err.startswith('error: ') and str(src) in err, err
+    assert 'result.mp4' not in err and not dst.parent.exists()
+    assert 'Loading model' not in out  # refused before the model is loaded
+    if kind == 'image':
+        assert err == f'error: {src} is an image, not a video (use --image {src}:out.png)\n'
+
+
+def _damaged_avi(path, frames: int, damage: str) -> None:
+    """A motion-JPEG avi of `frames` frames whose 6th frame's JPEG bytes are zeroed ('frame') or
+    that is cut off in the 6th frame ('truncated')."""
+    _write_video(path, frames, fourcc='MJPG')
+    data = bytearray(path.read_bytes())
+    starts = [m.start() for m in re.finditer(b'\xff\xd8\xff', bytes(data))]  # JPEG start markers
+    assert len(starts) == frames
+    if damage == 'frame':
+        data[starts[5]:starts[6] - 8] = bytes(starts[6] - 8 - starts[5])  # keep the next chunk header
+    else:
+        data = data[:starts[5] + 100]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('damage', ['frame', 'truncated'])
+def test_damaged_video_frames_are_skipped_and_named(damage, tmp_path, capsys):
+    src, dst = tmp_path / 'clip.avi', tmp_path / 'clip_out.mp4'
+    _damaged_avi(src, 12, damage)
+    net = _region_net((64, 96))
+    n = evalvideo(Predictor(net), str(src), str(dst), cfg.dataset.class_names, _opts())
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith('warning:')]
+    if damage == 'frame':
+        assert n == 11 and _count_frames(dst)[0] == 11  # every other frame is there
+        assert lines == [f'warning: {src}: 1 frame(s) could not be decoded and were skipped '
+                         f'(first: frame 6 of 12); the video is damaged']
+    else:
+        assert n == 5 and _count_frames(dst)[0] == 5
+        assert lines == [f'warning: {src}: no frame could be decoded after frame 5 of the 12 the file '
+                         f'announces; the video is truncated or damaged']
 
 
 # ----------------------------------------------------------------------------- --benchmark / --amp

@@ -77,19 +77,21 @@ def _bad_rows(tmp_path: Path):
         'resume_not_state_dict': (['--resume', str(not_a_state_dict)], ['not a state_dict']),
         'no_gpu_for_cuda': (['--node_device', 'cuda'], ['no CUDA GPU']),
         'npu_without_torch_npu': (['--node_device', 'npu'], ['torch_npu']),
+        'coco_eval_faster_not_installed': (['--coco_eval', 'faster'], ['pip install faster-coco-eval']),
     }
 
 
 ROWS = ['batch_size_0', 'negative_max_iter', 'zero_save_interval', 'unwritable_save_folder', 'unknown_config',
         'unknown_dataset', 'missing_data_root', 'missing_resume_file', 'resume_latest_none',
         'resume_interrupt_none', 'resume_code_pickle', 'resume_truncated', 'resume_not_state_dict',
-        'no_gpu_for_cuda', 'npu_without_torch_npu']
+        'no_gpu_for_cuda', 'npu_without_torch_npu', 'coco_eval_faster_not_installed']
 
 
 @pytest.mark.parametrize('row', ROWS)
 def test_bad_input_fails_in_one_line_before_training(row, tiny, tmp_path, capsys, monkeypatch):
     flags, fragments = _bad_rows(tmp_path)[row]
     monkeypatch.setitem(sys.modules, 'torch_npu', None)  # `import torch_npu` fails, as without Ascend
+    monkeypatch.setitem(sys.modules, 'faster_coco_eval', None)  # as if the optional package were missing
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     rc, out, err = run_main(tiny_args(tmp_path, '--max_iter', '2') + flags, capsys)
     assert_one_line_error(rc, err, *fragments)

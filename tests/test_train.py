@@ -423,6 +423,21 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
         assert 0 <= e['data']['box']['all'] <= 100 and '50' in e['data']['mask']
 
 
+def test_coco_eval_flag_reaches_the_validation(monkeypatch):
+    import eval as eval_script
+    import train
+    assert parse().coco_eval == 'pycocotools' and parse('--coco_eval', 'faster').coco_eval == 'faster'
+    seen = {}
+
+    def fake_evaluate(net, dataset, train_mode=False, opts=None, **overrides):
+        seen.update(overrides, train_mode=train_mode)
+        return {'box': {'all': 1.0}}
+
+    monkeypatch.setattr(eval_script, 'evaluate', fake_evaluate)
+    train.compute_validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
+    assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True}
+
+
 def test_optimizer_choice_from_config(monkeypatch):
     import train
     from data.config import ConfigError

@@ -175,13 +175,14 @@ def write_image(path: str, img: np.ndarray) -> None:
 
 
 def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_names: Sequence[str],
-              opts: InferenceOptions) -> Optional[str]:
+              opts: InferenceOptions, img: Optional[np.ndarray] = None) -> Optional[str]:
     """Detect objects in one image and draw them.
 
     Without `save_path` the result is shown in a window when a display exists, otherwise it is
     written beside the input as <name>_yolact.png. Returns the path written, if any.
+    img: the image already read from `path` (ndarray[H, W, 3] uint8 BGR); read here when None.
     """
-    img = read_image(path)
+    img = read_image(path) if img is None else img
     frames, det_output = predictor([img])
     drawn = render(frames[0], det_output, 0, class_names, opts)
 
@@ -221,52 +222,133 @@ def save_lincomb(det_output: List[Dict], path: str) -> None:
         print(f'Prototypes -> {path}')
 
 
-def list_images(folder: str) -> List[Path]:
+def list_images(folder: str) -> Tuple[List[Path], List[Path]]:
+    """(files of `folder` with an image extension, other files), sorted; hidden files are left out."""
     if not os.path.isdir(folder):
         raise InferenceError(f"input folder not found: {folder}")
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith('.'))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
 def evalimages(predictor: Predictor, input_folder: str, output_folder: str, class_names: Sequence[str],
                opts: InferenceOptions) -> List[str]:
-    """Draw detections on every image of a folder; results are <output_folder>/<name>.png."""
-    images = list_images(input_folder)
+    """Draw detections on every image of a folder; results are <output_folder>/<name>.png.
+
+    A file that is not an image (by extension) is left alone, and one with an image extension that
+    cannot be read is skipped; both are counted and named, and the rest of the folder is processed.
+    """
+    images, others = list_images(input_folder)
+    if others:
+        shown = ', '.join(p.name for p in others[:5]) + (', ...' if len(others) > 5 else '')
+        print(f'Ignoring {len(others)} file(s) without an image extension in {input_folder}: {shown}')
     if not images:
         raise InferenceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_folder}")
     os.makedirs(output_folder, exist_ok=True)
-    written = []
+    written, unreadable = [], []
     for path in images:
+        try:
+            img = read_image(str(path))
+        except InferenceError as err:
+            print(f'Skipping {path}: {err}')
+            unreadable.append(path)
+            continue
         out_path = os.path.join(output_folder, path.stem + '.png')
-        evalimage(predictor, str(path), out_path, class_names, opts)
+        evalimage(predictor, str(path), out_path, class_names, opts, img=img)
         print(f'{path} -> {out_path}')
         written.append(out_path)
-    print('Done.')
+    if not written:
+        raise InferenceError(f"none of the {len(images)} image file(s) in {input_folder} could be read")
+    skipped = f'; skipped {len(unreadable)} unreadable file(s)' if unreadable else ''
+    print(f'Done: {len(written)} image(s) written to {output_folder}{skipped}.')
     return written
 
 
 def open_video(source: str) -> Tuple[cv2.VideoCapture, bool]:
-    """A capture for a file or, for a number, that webcam. Returns (capture, is_webcam)."""
+    """A capture for a file or, for a number, that webcam. Returns (capture, is_webcam).
+
+    A file is only accepted as a video if it has a frame size and its first frame can be read
+    (OpenCV also "opens" a single image as a one-frame video); the capture is rewound after the
+    check, so nothing is written for an input that is not a video.
+    """
     is_webcam = source.isdigit()
-    if not is_webcam and not os.path.isfile(source):
+    if is_webcam:
+        capture = cv2.VideoCapture(int(source))
+        if not capture.isOpened():
+            raise InferenceError(f"could not open video camera {source}")
+        return capture, True
+    if not os.path.isfile(source):
         raise InferenceError(f"video not found: {source}")
-    capture = cv2.VideoCapture(int(source) if is_webcam else source)
-    if not capture.isOpened():
-        raise InferenceError(f"could not open video {'camera ' if is_webcam else ''}{source}")
-    return capture, is_webcam
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        raise InferenceError(f"{source} is an image, not a video (use --image {source}:out.png)")
+    capture = cv2.VideoCapture(source)
+    if not (capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_WIDTH) > 0 and capture.read()[0]):
+        capture.release()
+        raise InferenceError(f"could not read a video from {source} (not a video file, or a codec this "
+                             f"OpenCV build cannot decode)")
+    if not capture.set(cv2.CAP_PROP_POS_FRAMES, 0):  # a backend that cannot seek: open it again
+        capture.release()
+        capture = cv2.VideoCapture(source)
+    return capture, False
 
 
-def read_frames(capture: cv2.VideoCapture, batch_size: int) -> Iterator[List[np.ndarray]]:
-    """Batches of up to `batch_size` consecutive frames until the video ends."""
-    while True:
-        frames = []
-        for _ in range(batch_size):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-        if not frames:
-            return
-        yield frames
+# A video whose reads keep failing this many times in a row is taken to end there (truncated).
+MAX_BAD_FRAMES_IN_A_ROW = 100
+
+
+@dataclass
+class FrameReader:
+    """Reads batches of consecutive frames; a frame that cannot be decoded before the file's
+    frame count is reached is skipped and remembered (1-based numbers in `unreadable`).
+
+    `total`: the frame count of the file; None when unknown or for a webcam (then a failed read
+    is the end).
+    """
+    capture: cv2.VideoCapture
+    total: Optional[int]
+    unreadable: List[int] = field(default_factory=list)
+    position: int = 0
+    last_read: int = 0
+
+    def _next(self) -> Optional[np.ndarray]:
+        in_a_row = 0
+        while self.total is None or self.position < self.total:
+            ok, frame = self.capture.read()
+            self.position += 1
+            if ok:
+                self.last_read = self.position
+                return frame
+            if self.total is None:
+                return None
+            self.unreadable.append(self.position)
+            in_a_row += 1
+            if in_a_row >= MAX_BAD_FRAMES_IN_A_ROW:
+                return None
+        return None
+
+    def batches(self, batch_size: int) -> Iterator[List[np.ndarray]]:
+        """Batches of up to `batch_size` frames until the video ends."""
+        while True:
+            frames = []
+            for _ in range(batch_size):
+                frame = self._next()
+                if frame is None:
+                    break
+                frames.append(frame)
+            if not frames:
+                return
+            yield frames
+
+    def report(self, source: str) -> Optional[str]:
+        """One line about the frames that could not be read, or None."""
+        skipped = [n for n in self.unreadable if n < self.last_read]
+        if skipped:
+            return (f"warning: {source}: {len(skipped)} frame(s) could not be decoded and were skipped "
+                    f"(first: frame {skipped[0]} of {self.total}); the video is damaged")
+        if self.unreadable:
+            return (f"warning: {source}: no frame could be decoded after frame {self.last_read} of the "
+                    f"{self.total} the file announces; the video is truncated or damaged")
+        return None
 
 
 def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_names: Sequence[str],
@@ -281,7 +363,8 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     width = round(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = round(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    total = None if is_webcam else (round(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None)
+    frame_count = 0 if is_webcam else round(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    total = frame_count if frame_count > 0 else None  # some containers do not tell
 
     show = out_path is None and display_available()
     if out_path is None and not show:
@@ -298,9 +381,10 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
 
     frame_times = MovingAverage(100)
     processed = 0
+    reader = FrameReader(capture, total)
     bar = tqdm(total=total, unit='frame', disable=opts.no_bar or show)
     try:
-        for frames in read_frames(capture, max(1, opts.video_multiframe)):
+        for frames in reader.batches(max(1, opts.video_multiframe)):
             start = time.perf_counter()
             on_device, det_output = predictor(frames)
             fps_text = f'Processing FPS: {1 / frame_times.get_avg():.2f}' if frame_times.get_avg() > 0 else ''
@@ -326,6 +410,9 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
             print(f'{processed} frames -> {out_path}')
         if show:
             cv2.destroyAllWindows()
+        damage = reader.report(source)
+        if damage:
+            print(damage, file=sys.stderr)
     return processed
 
 
