@@ -648,7 +648,7 @@ def set_dataset(dataset_name: str) -> None:
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
 
 # Trains from scratch (no pretrained weights on a fresh machine) on the synthetic shapes, on two
-# CPU cores in about 12 minutes (float32, AVX2). Chosen by measurement (README, Results):
+# CPU cores in about 13 minutes (float32, AVX2). Chosen by measurement (README, Results):
 # - 160 px input, the size the dataset is drawn at: at 128 px the same 8,000 images gave half the
 #   mAP (stride-8 features are too coarse for 20 px shapes);
 # - three anchor scales per level (2^0, 2^1/3, 2^2/3) and a 0.4 IoU positive threshold: about seven
@@ -668,8 +668,8 @@ yolact_resnet18_synthetic_config = yolact_base_config.copy({
     'lr': 2e-3,
     'lr_warmup_init': 1e-4,
     'lr_warmup_until': 100,
-    'lr_steps': (800, 930),
-    'max_iter': 1000,
+    'lr_steps': (640, 745),
+    'max_iter': 800,
     'augment_expand': False,
     'augment_random_sample_crop': False,
     'positive_iou_threshold': 0.4,
