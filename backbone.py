@@ -11,8 +11,6 @@ import torch
 import torch.nn as nn
 from torchvision.ops import deform_conv2d
 
-from utils.checkpoint import load_state_dict_file
-
 
 class DCN(nn.Module):
     """Modulated deformable 3x3 convolution (DCNv2) on `torchvision.ops.deform_conv2d`.
@@ -179,7 +177,7 @@ def _torchvision_resnet_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, t
     return renamed
 
 
-def _load_partial(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> List[str]:
+def _load_partial(module: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> List[str]:
     """Load the tensors of `state_dict` that `module` has; return the module's keys left untouched.
 
     Fails when nothing matches (the file is for another network) or when a matching name has
@@ -188,12 +186,12 @@ def _load_partial(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: 
     own = module.state_dict()
     usable = {k: v for k, v in state_dict.items() if k in own}
     if not usable:
-        raise ValueError(f"{path}: none of its {len(state_dict)} tensors match this backbone "
+        raise ValueError(f"{source}: none of its {len(state_dict)} tensors match this backbone "
                          f"({type(module).__name__}); is it the right file?")
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items()
            if v.shape != own[k].shape]
     if bad:
-        raise ValueError(f"{path}: shape mismatch for {len(bad)} tensors, e.g. {bad[0]}")
+        raise ValueError(f"{source}: shape mismatch for {len(bad)} tensors, e.g. {bad[0]}")
     module.load_state_dict(usable, strict=False)
     return [k for k in own if k not in usable]
 
@@ -270,10 +268,9 @@ class ResNetBackbone(nn.Module):
             outs.append(x)
         return tuple(outs)
 
-    def init_backbone(self, path: str) -> List[str]:
-        """Load ImageNet weights from the original's file or a torchvision ResNet state_dict."""
-        state_dict = _torchvision_resnet_keys(load_state_dict_file(path))
-        return _load_partial(self, state_dict, path)
+    def init_backbone(self, state_dict: Dict[str, torch.Tensor], source: str = 'backbone weights') -> List[str]:
+        """Load ImageNet weights: the original's file or a torchvision ResNet state_dict."""
+        return _load_partial(self, _torchvision_resnet_keys(state_dict), source)
 
     def add_layer(self, conv_channels: int = 1024, downsample: int = 2, depth: int = 1, block=None):
         """Append an extra strided stage (SSD-style), for configs selecting layers past the last."""
@@ -337,9 +334,9 @@ class DarkNetBackbone(nn.Module):
                   block=DarkNetBlock) -> None:
         self._make_layer(block, conv_channels // block.expansion, num_blocks=depth, stride=stride)
 
-    def init_backbone(self, path: str) -> List[str]:
+    def init_backbone(self, state_dict: Dict[str, torch.Tensor], source: str = 'backbone weights') -> List[str]:
         """darknet53.pth (made by the original's scripts/convert_darknet.py) uses our names."""
-        return _load_partial(self, load_state_dict_file(path), path)
+        return _load_partial(self, state_dict, source)
 
 
 class VGGBackbone(nn.Module):
@@ -398,11 +395,10 @@ class VGGBackbone(nn.Module):
         index, param = key.split('.')[-2:]
         return f'layers.{self.state_dict_lookup[int(index)]}.{param}'
 
-    def init_backbone(self, path: str) -> List[str]:
-        state_dict = load_state_dict_file(path)
+    def init_backbone(self, state_dict: Dict[str, torch.Tensor], source: str = 'backbone weights') -> List[str]:
         renamed = OrderedDict((self.transform_key(k), v) for k, v in state_dict.items()
                               if k.split('.')[-2].isdigit() and int(k.split('.')[-2]) in self.state_dict_lookup)
-        return _load_partial(self, renamed, path)
+        return _load_partial(self, renamed, source)
 
     def add_layer(self, conv_channels: int = 128, downsample: int = 2) -> None:
         if self.extra_args:

@@ -25,7 +25,7 @@ from data.coco import (COCODetection, DatasetFileNotFoundError, DatasetFormatErr
 from data.config import ConfigError, cfg, set_cfg, set_dataset
 from layers.output_utils import postprocess
 from utils.augmentations import BaseTransform
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, config_name_from_checkpoint
 from utils.coco_results import (COCO_EVAL_BACKENDS, CocoEvalBackendError, CocoResults,
                                 check_coco_eval_backend, evaluate_results, format_map_table)
 from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type,
@@ -34,6 +34,7 @@ from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
                              evalimages, evalvideo, open_video)
 from utils.visualize import DrawOptions
+from yolact import load_model
 
 # Set by parse_args, read by evaluate() when no options are passed (the original's train.py calls
 # eval.parse_args([...]) and then eval.evaluate(net, dataset, train_mode=True)).
@@ -143,16 +144,6 @@ def default_options() -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- setup
 
-def config_name_from_checkpoint(path: str) -> str:
-    """The config a checkpoint was saved with, read from its name like the original:
-    <config>_<epoch>_<iteration>.pth (or ..._interrupt.pth) -> <config>_config."""
-    try:
-        return SavePath.from_str(path).model_name + '_config'
-    except ValueError as err:
-        raise ConfigError(f"cannot infer the config: {err} (e.g. yolact_base_54_800000.pth); "
-                          f"pass --config") from None
-
-
 def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> str:
     """--trained_model, where the original's 'interrupt' and 'latest' name the newest interrupt
     save / the newest checkpoint of the config (--config, default yolact_base) in `folder`."""
@@ -202,23 +193,6 @@ def build_dataset(opts: argparse.Namespace) -> COCODetection:
                 f"validation {what} not found: {path} (dataset '{cfg.dataset.name}'; "
                 f"use --val_data ROOT or --dataset NAME)")
     return COCODetection(images, info, transform=BaseTransform(), has_gt=cfg.dataset.has_gt)
-
-
-def load_model(path: str, device: torch.device) -> torch.nn.Module:
-    """A Yolact of the active config with the checkpoint's weights, in eval mode on `device`."""
-    from yolact import Yolact  # builds from cfg, so only after setup_config
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    print('Loading model...', end='', flush=True)
-    try:
-        net = Yolact()
-        net.load_weights(path)
-    except BaseException:
-        print()  # end the progress line before the error is reported
-        raise
-    net.eval()
-    print(' Done.')
-    return net.to(device)
 
 
 def configure_detect(net: torch.nn.Module, opts: argparse.Namespace) -> None:

@@ -32,10 +32,10 @@ import torch.nn as nn
 
 from backbone import DCN
 from data.config import MEANS, STD, ConfigError, activation_func, cfg, set_cfg
-from eval import config_name_from_checkpoint, load_model
 from layers.box_utils import decode
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, config_name_from_checkpoint
 from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
+from yolact import load_model
 
 INPUT_NAME = 'images'
 OUTPUT_NAMES = ('boxes', 'scores', 'coeffs', 'proto')

@@ -6,6 +6,7 @@ The network reads the global `cfg` once, when it is built; the device of every t
 follows its parameters (no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
 """
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -324,7 +325,8 @@ class Yolact(nn.Module):
     def init_weights(self, backbone_path: Optional[str]) -> None:
         """Prepare for training: pretrained backbone (if a path is given), Xavier for the rest."""
         if backbone_path is not None:
-            self.backbone.init_backbone(backbone_path)
+            # The backbone is handed its weights: file I/O lives a floor above it (utils/checkpoint.py).
+            self.backbone.init_backbone(load_state_dict_file(backbone_path), source=backbone_path)
         backbone_modules = set(map(id, self.backbone.backbone_modules))
         for name, module in self.named_modules():
             if not isinstance(module, nn.Conv2d) or id(module) in backbone_modules:
@@ -445,3 +447,20 @@ class Yolact(nn.Module):
             # The original keeps the raw background logit here and gates classes at 0.10.
             return torch.cat([conf[..., :1], (objectness > 0.10) * fg], dim=-1)
         return F.softmax(conf, dim=-1)
+
+
+def load_model(path: str, device: torch.device) -> torch.nn.Module:
+    """A Yolact of the active config (set it first) with the checkpoint's weights, in eval mode on
+    `device`; prints a progress line for the command-line tools."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    print('Loading model...', end='', flush=True)
+    try:
+        net = Yolact()
+        net.load_weights(path)
+    except BaseException:
+        print()  # end the progress line before the error is reported
+        raise
+    net.eval()
+    print(' Done.')
+    return net.to(device)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import os.path as osp
+import random
 from collections import Counter
 from contextlib import redirect_stdout
 from io import StringIO
@@ -425,6 +426,28 @@ def detection_collate(batch: Sequence[Tuple[torch.Tensor, Tuple[np.ndarray, np.n
     return images, (targets, masks, num_crowds)
 
 
+Batch = Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor], List[int]]
+
+
+def prepare_batch(datum, device: torch.device) -> Batch:
+    """detection_collate output -> (images Tensor[B, 3, H, W], targets [Tensor[N_i, 5]],
+    masks [Tensor[N_i, H, W]], num_crowds [int]) on `device`: one training batch."""
+    images, (targets, masks, num_crowds) = datum
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [t.to(device, non_blocking=True) for t in targets]
+    masks = [m.to(device, non_blocking=True) for m in masks]
+    num_crowds = list(num_crowds)
+    if len({tuple(img.shape) for img in images}) > 1:
+        if not cfg.preserve_aspect_ratio:
+            raise ValueError(f"images of one batch differ in size: {[tuple(i.shape) for i in images]}")
+        # As the original: fit every sample into the size of one randomly chosen sample.
+        _, h, w = images[random.randint(0, len(images) - 1)].shape
+        for i in range(len(images)):
+            images[i], targets[i], masks[i], num_crowds[i] = enforce_size(
+                images[i], targets[i], masks[i], num_crowds[i], w, h)
+    return torch.stack(images, dim=0), targets, masks, num_crowds
+
+
 class DatasetPaths(NamedTuple):
     """Image folders and annotation files of a dataset, named like the ``cfg.dataset`` fields."""
     train_images: str
@@ -466,3 +489,17 @@ def coco_dataset_paths(root: str, splits: Sequence[str] = ('train', 'val')) -> D
         raise DatasetFileNotFoundError(
             f"COCO root {root} is missing {', '.join(missing)} (expected {expected})")
     return paths
+
+
+def check_dataset_files(dataset: Any, need_val: bool) -> None:
+    """Fail before training when an image folder or annotation file of `dataset` (a cfg.dataset)
+    is missing; the validation ones only when `need_val`."""
+    wanted = [('train_images', True), ('train_info', False)]
+    if need_val:
+        wanted += [('valid_images', True), ('valid_info', False)]
+    for key, is_dir in wanted:
+        path = getattr(dataset, key)
+        if not (osp.isdir(path) if is_dir else osp.isfile(path)):
+            kind = 'folder' if is_dir else 'file'
+            raise DatasetFileNotFoundError(f"dataset '{dataset.name}': {key} {kind} not found: {path} "
+                                           f"(use --data=<COCO root> or a --dataset whose paths exist)")

@@ -29,25 +29,25 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------------------------
 
 def test_dist_info_from_torchrun_and_ascend_environments():
-    import train
-    assert train.dist_info_from_env({}) == train.DistInfo(0, 1, 0)
+    from utils.distributed import DistInfo, dist_info_from_env
+    assert dist_info_from_env({}) == DistInfo(0, 1, 0)
     torchrun = {'WORLD_SIZE': '8', 'RANK': '5', 'LOCAL_RANK': '1'}
-    assert train.dist_info_from_env(torchrun) == train.DistInfo(5, 8, 1)
+    assert dist_info_from_env(torchrun) == DistInfo(5, 8, 1)
     ascend = {'RANK_SIZE': '8', 'RANK_ID': '3', 'ASCEND_DEVICE_ID': '3'}
-    info = train.dist_info_from_env(ascend)
-    assert info == train.DistInfo(3, 8, 3) and info.distributed and not info.is_main
+    info = dist_info_from_env(ascend)
+    assert info == DistInfo(3, 8, 3) and info.distributed and not info.is_main
     # Ascend 1p on card 6: one process that computes on npu:6.
-    assert train.dist_info_from_env({'RANK_SIZE': '1', 'ASCEND_DEVICE_ID': '6'}) == train.DistInfo(0, 1, 6)
+    assert dist_info_from_env({'RANK_SIZE': '1', 'ASCEND_DEVICE_ID': '6'}) == DistInfo(0, 1, 6)
     # torchrun's variables win over Ascend's (the 8p scripts launch torchrun with RANK_SIZE set).
-    assert train.dist_info_from_env({**ascend, **torchrun}) == train.DistInfo(5, 8, 1)
+    assert dist_info_from_env({**ascend, **torchrun}) == DistInfo(5, 8, 1)
     # torch.distributed.launch passes --local_rank.
-    assert train.dist_info_from_env(torchrun, local_rank=0).local_rank == 0
+    assert dist_info_from_env(torchrun, local_rank=0).local_rank == 0
     with pytest.raises(ValueError, match='RANK_ID'):
-        train.dist_info_from_env({'RANK_SIZE': '2'})
+        dist_info_from_env({'RANK_SIZE': '2'})
     with pytest.raises(ValueError, match='rank 4 of world size 2'):
-        train.dist_info_from_env({'WORLD_SIZE': '2', 'RANK': '4'})
+        dist_info_from_env({'WORLD_SIZE': '2', 'RANK': '4'})
     with pytest.raises(ValueError, match='WORLD_SIZE'):
-        train.dist_info_from_env({'WORLD_SIZE': 'two'})
+        dist_info_from_env({'WORLD_SIZE': 'two'})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,13 +63,14 @@ def _one_step(model, net, batch):
 def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None:
     import torch.distributed as dist
     import train
+    from utils import distributed
     from data.config import set_cfg
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     register_tiny_config(paths)
     set_cfg(TINY_CONFIG)
-    info = train.DistInfo(rank, world, rank)
-    train.init_distributed(info, CPU)
+    info = distributed.DistInfo(rank, world, rank)
+    distributed.init_distributed(info, CPU)
     try:
         net, model, (images, targets, masks, crowds) = _tiny_model_and_batch(seed=0)
         ddp = train.wrap_model(model, CPU, info)
@@ -77,7 +78,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str
         # Each rank gets a different image with the same ground truth (see the test).
         result = _one_step(ddp, net, (images[rank:rank + 1], targets[:1], masks[:1], crowds[:1]))
         # Without --seed every rank uses rank 0's random seed.
-        seed = train.broadcast_from_rank0(1000 + rank, CPU)
+        seed = distributed.broadcast_from_rank0(1000 + rank, CPU)
         torch.save({'total': result.total, 'seed': seed, 'state': net.state_dict() if rank == 0 else None},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
@@ -197,20 +198,6 @@ def test_netloss_runs_the_net_under_autocast_and_the_loss_in_float32(tiny):
         assert net(batch[0])['loc'].dtype == torch.bfloat16
 
 
-def test_training_state_keeps_the_grad_scaler(tiny, tmp_path):
-    import train
-    from utils.checkpoint import load_file, save_file
-    net = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
-    sched = train.Schedule(1e-3, 0.9, 0, 0.1, 10, [5], 1e-4, 0)
-    save_file(train.make_training_state(3, 0, optimizer, 1e-3, 7, sched, CPU, scaler), str(tmp_path / 's.pt'))
-    state = load_file(str(tmp_path / 's.pt'))  # weights_only=True
-    restored = torch.amp.GradScaler('cpu')
-    restored.load_state_dict(state['scaler'])
-    assert restored.get_scale() == 1024.0 and state['iteration'] == 3 and state['seed'] == 7
-
-
 # ----------------------------------------------------------------------------------------------
 # NPU through a fake torch_npu
 # ----------------------------------------------------------------------------------------------
@@ -238,7 +225,7 @@ NPU_DRIVER = '''
 import json, os, sys
 from test_train import register_tiny_config
 register_tiny_config(json.loads(sys.argv[1]))
-import torch_npu, train
+import torch_npu, torch.distributed, train
 
 class Reached(Exception):
     pass
@@ -255,7 +242,7 @@ def recording_select(*args):
     report[-1]['device'] = str(device)
     return device
 
-train.dist.init_process_group = fake_init_process_group
+torch.distributed.init_process_group = fake_init_process_group
 train.select_device = recording_select
 for env in ({'RANK_SIZE': '2', 'RANK_ID': '1', 'ASCEND_DEVICE_ID': '1'},
             {'WORLD_SIZE': '4', 'RANK': '3', 'LOCAL_RANK': '1'}):

@@ -1,4 +1,4 @@
-"""train.py: schedule, autoscaling, data order, checkpoints names, logging, overfitting one batch,
+"""train.py: schedule, autoscaling, checkpoints names, logging, overfitting one batch,
 and end-to-end runs of `train.main` on the tiny synthetic dataset.
 
 The tiny config used here (and by test_distributed.py / test_reliability_train.py) is defined in
@@ -9,12 +9,10 @@ import argparse
 import json
 import math
 import os
-import random
 import types
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import pytest
 import torch
 
@@ -173,58 +171,6 @@ def test_data_flag_points_the_dataset_at_a_coco_root(tiny, tmp_path):
     assert cfg.dataset.train_images == str(root / 'train2017')
     assert cfg.dataset.valid_info == str(root / 'annotations' / 'instances_val2017.json')
     assert cfg.dataset.class_names == config_module.SYNTHETIC_CLASSES  # only the paths change
-
-
-# ----------------------------------------------------------------------------------------------
-# Data order and seeding
-# ----------------------------------------------------------------------------------------------
-
-def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
-    import train
-    data = list(range(10))
-    full = train.ResumableSampler(data, num_replicas=1, rank=0, seed=7, batch_size=2)
-    full.set_epoch(3)
-    order = list(full)
-    again = train.ResumableSampler(data, num_replicas=1, rank=0, seed=7, batch_size=2)
-    again.set_epoch(3)
-    assert list(again) == order
-    assert sorted(i for i, _ in order) == data
-    full.set_epoch(4)
-    assert [i for i, _ in full] != [i for i, _ in order]
-    # Starting 2 batches into epoch 3 yields the rest of the same order, with the same sample seeds.
-    again.set_epoch(3, skip_batches=2)
-    assert list(again) == order[4:] and len(again) == 6
-    # Sample seeds depend on (seed, epoch, index) only.
-    assert order[0][1] == train.sample_seed(7, 3, order[0][0])
-    # Two ranks split an epoch into disjoint halves.
-    shards = []
-    for rank in (0, 1):
-        s = train.ResumableSampler(data, num_replicas=2, rank=rank, seed=7, batch_size=2)
-        s.set_epoch(0)
-        shards.append([i for i, _ in s])
-    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
-
-
-class _DrawNumbers:
-    """A dataset whose items are draws from the global RNGs, like the augmentations."""
-
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, index):
-        return (random.random(), float(np.random.rand()), float(torch.rand(())))
-
-
-def test_seeded_samples_repeat_their_draws_and_leave_global_rng_alone():
-    import train
-    samples = train.SeededSamples(_DrawNumbers())
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    before = (random.random(), float(np.random.rand()), float(torch.rand(())))
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    first = samples[(0, 123)]
-    assert samples[(2, 123)] == first  # the draw depends on the seed, not the index or history
-    assert samples[(0, 124)] != first
-    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == before
 
 
 # ----------------------------------------------------------------------------------------------

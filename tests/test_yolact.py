@@ -9,7 +9,7 @@ import yolact
 from backbone import DCN, ResNetBackbone
 from data.config import cfg, set_cfg
 from tests.test_config import ORIGINAL_CONFIGS, restore_cfg  # noqa: F401 (restore_cfg: autouse fixture)
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_state_dict_file
 
 HERE = os.path.dirname(__file__)
 
@@ -121,7 +121,7 @@ def test_init_backbone_from_torchvision_state_dict(tmp_path):
     path = str(tmp_path / 'resnet50_tv.pth')
     torch.save(tv.state_dict(), path)
     backbone = ResNetBackbone([3, 4, 6, 3])
-    untouched = backbone.init_backbone(path)
+    untouched = backbone.init_backbone(load_state_dict_file(path), source=path)
     assert untouched == []
     assert torch.equal(backbone.layers[2][5].conv2.weight, tv.layer3[5].conv2.weight)
     assert torch.equal(backbone.bn1.running_var, tv.bn1.running_var)
@@ -131,7 +131,7 @@ def test_init_backbone_rejects_a_foreign_file(tmp_path):
     path = str(tmp_path / 'other.pth')
     torch.save({'foo.weight': torch.ones(2)}, path)
     with pytest.raises(ValueError, match='none of its 1 tensors match'):
-        ResNetBackbone([3, 4, 6, 3]).init_backbone(path)
+        ResNetBackbone([3, 4, 6, 3]).init_backbone(load_state_dict_file(path), source=path)
 
 
 def test_dcn_with_zero_offsets_is_a_half_weighted_conv():

@@ -13,6 +13,9 @@ from typing import Any, Dict
 
 import torch
 
+from data.config import ConfigError
+from utils.functions import SavePath
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe or not what was expected."""
@@ -66,3 +69,13 @@ def save_file(obj: Any, path: str) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def config_name_from_checkpoint(path: str) -> str:
+    """The config a checkpoint was saved with, read from its name like the original:
+    <config>_<epoch>_<iteration>.pth (or ..._interrupt.pth) -> <config>_config."""
+    try:
+        return SavePath.from_str(path).model_name + '_config'
+    except ValueError as err:
+        raise ConfigError(f"cannot infer the config: {err} (e.g. yolact_base_54_800000.pth); "
+                          f"pass --config") from None

@@ -1,10 +1,11 @@
-"""Small training helpers: a windowed moving average and checkpoint file names.
+"""Small training helpers: a windowed moving average, checkpoint file names, a writable-folder check.
 
 `SavePath` names and parses checkpoints as the original did (`<config>_<epoch>_<iter>.pth`,
 `<config>_<epoch>_<iter>_interrupt.pth`), so `--resume latest` finds files written by either.
 """
 import math
 import os
+import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Deque, List, Optional, Union
@@ -121,3 +122,14 @@ class SavePath:
             if save.model_name == config and save.iteration > best_iter:
                 best, best_iter = str(p), save.iteration
         return best
+
+
+def check_writable_folder(path: str, flag: str) -> None:
+    """Create `path` if needed and prove a file can be written there (one clear error otherwise)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.write_test_'):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} '{path}' is not a writable folder: "
+                         f"{err.strerror or type(err).__name__}") from None

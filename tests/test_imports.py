@@ -1,0 +1,68 @@
+"""The project's import floors, read from the source: every import runs down (or stays inside its
+own package), never up. From the top:
+
+    train.py              training entry point (it validates through eval.evaluate)
+    eval.py, export.py    evaluation and export entry points (siblings: neither imports the other)
+    yolact.py             the network
+    utils/                inference, checkpoints, distributed helpers, augmentations, ...
+    layers/               box math, detection, loss
+    data/                 configs, datasets, sampling
+    backbone.py           the ground floor: only torch / torchvision
+
+The original's layout, kept so that a reader finds each idea where the paper's reader looks for it;
+an upward import would make a lower floor unusable without the one above it.
+"""
+import ast
+from pathlib import Path
+from typing import Dict, Iterator, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+# Floor of each project module (top-level file or package), lowest first.
+FLOORS: Dict[str, int] = {'backbone': 0, 'data': 1, 'layers': 2, 'utils': 3, 'yolact': 4, 'eval': 5,
+                          'export': 5, 'train': 6}
+# Folders of tools that sit above every floor and are not imported by the project.
+TOOLS = {'tests', 'benchmarks', 'scripts'}
+
+
+def project_modules() -> Dict[str, Path]:
+    """Top-level module or package name -> its path, for everything in the repository root."""
+    found = {p.stem: p for p in REPO.glob('*.py')}
+    found.update({p.parent.name: p.parent for p in REPO.glob('*/__init__.py')})
+    return {name: path for name, path in found.items() if name not in TOOLS}
+
+
+def imports_of(path: Path, package: str) -> Iterator[Tuple[int, str]]:
+    """(line, top-level name) of every import in `path`, also those inside functions; relative
+    imports resolve to `package`."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split('.')[0]
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, package if node.level else node.module.split('.')[0]
+
+
+def test_every_project_module_has_a_floor():
+    assert sorted(project_modules()) == sorted(FLOORS)
+
+
+def test_no_import_runs_upward():
+    modules = project_modules()
+    wrong = []
+    for name, root in modules.items():
+        files = [root] if root.is_file() else sorted(root.rglob('*.py'))
+        for path in files:
+            for line, target in imports_of(path, name):
+                if target not in modules or target == name:
+                    continue  # third-party, or inside its own package
+                if FLOORS[target] >= FLOORS[name]:
+                    wrong.append(f'{path.relative_to(REPO)}:{line} ({name}, floor {FLOORS[name]}) imports '
+                                 f'{target} (floor {FLOORS[target]})')
+    assert wrong == []
+
+
+def test_the_floor_check_sees_imports_inside_functions(tmp_path):
+    # Lazy imports count too: a function-level `import train` in eval.py would be caught.
+    path = tmp_path / 'probe.py'
+    path.write_text('import os\n\ndef f():\n    from train import main\n    from .config import cfg\n')
+    assert list(imports_of(path, 'data')) == [(1, 'os'), (4, 'train'), (5, 'data')]

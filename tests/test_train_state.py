@@ -1,0 +1,69 @@
+"""utils/train_state.py: the training-state file beside each checkpoint (what it holds, how it is
+checked on load) and the checkpoint a run resumes from."""
+import pytest
+import torch
+
+from utils.checkpoint import CheckpointError, load_file, save_file
+from utils.train_state import (load_training_state, make_training_state, resolve_resume, restore_training_state,
+                               state_path, write_checkpoint)
+
+CPU = torch.device('cpu')
+
+
+class _Net(torch.nn.Linear):
+    """A module with Yolact's save_weights, enough for write_checkpoint."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+
+    def save_weights(self, path: str) -> None:
+        save_file(self.state_dict(), path)
+
+
+def _state(iteration: int, scaler=None, seed: int = 7):
+    optimizer = torch.optim.SGD(_Net().parameters(), lr=0.1)
+    sched = type('Sched', (), {'lr_steps': [5]})()
+    return make_training_state(iteration, 0, optimizer, 1e-3, seed, sched, CPU, scaler, config='tiny')
+
+
+def test_training_state_keeps_the_grad_scaler(tmp_path):
+    scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
+    save_file(_state(3, scaler), str(tmp_path / 's.pt'))
+    state = load_file(str(tmp_path / 's.pt'))  # weights_only=True
+    restored = torch.amp.GradScaler('cpu')
+    restored.load_state_dict(state['scaler'])
+    assert restored.get_scale() == 1024.0 and state['iteration'] == 3 and state['seed'] == 7
+    assert state['lr_steps_done'] == 0 and _state(5)['lr_steps_done'] == 1
+
+
+def test_state_is_checked_against_the_checkpoint_name_and_restores_the_rngs(tmp_path):
+    weights = str(tmp_path / 'tiny_0_4.pth')
+    assert state_path(weights) == str(tmp_path / 'tiny_0_4.state.pt')
+    assert load_training_state(weights) is None  # weights-only checkpoint
+    torch.manual_seed(11)
+    state = _state(4)
+    expected = torch.rand(3)
+    write_checkpoint(_Net(), weights, state)
+    loaded = load_training_state(weights)
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(_Net().parameters(), lr=0.5)
+    restore_training_state(loaded, optimizer, None, CPU)
+    assert torch.equal(torch.rand(3), expected) and optimizer.param_groups[0]['lr'] == 0.1
+    # A state file renamed to another iteration's checkpoint is refused.
+    other = str(tmp_path / 'tiny_0_6.pth')
+    write_checkpoint(_Net(), other, _state(4))
+    with pytest.raises(CheckpointError, match='is for iteration 4'):
+        load_training_state(other)
+
+
+def test_resolve_resume_latest_interrupt_and_paths(tmp_path):
+    assert resolve_resume(None, str(tmp_path), 'tiny') is None
+    with pytest.raises(FileNotFoundError, match='no tiny_'):
+        resolve_resume('latest', str(tmp_path), 'tiny')
+    with pytest.raises(FileNotFoundError, match='no \\*_interrupt.pth'):
+        resolve_resume('interrupt', str(tmp_path), 'tiny')
+    for name, iteration in (('tiny_0_2.pth', 2), ('tiny_1_4_interrupt.pth', 4), ('other_9_99.pth', 99)):
+        write_checkpoint(_Net(), str(tmp_path / name), _state(iteration))
+    assert resolve_resume('latest', str(tmp_path), 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
+    assert resolve_resume('interrupt', str(tmp_path), 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
+    assert resolve_resume(str(tmp_path / 'tiny_0_2.pth'), str(tmp_path), 'x') == str(tmp_path / 'tiny_0_2.pth')

@@ -1,0 +1,122 @@
+"""What training reports as it goes, on the console and in the JSON-lines log: the original's
+progress line (moving averages of the loss terms, ETA, images per second, plus an average fps
+that leaves out the warm-up iterations), skipped steps, validation, interruption, the summary."""
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+from utils.functions import MovingAverage
+from utils.logger import Log
+
+# Print order of the loss terms (the original's).
+LOSS_TYPES = ['B', 'C', 'M', 'P', 'D', 'E', 'S', 'I']
+# Iterations of each session left out of the average fps (graph setup, NPU operator compilation).
+FPS_WARMUP_ITERS = 5
+
+
+def format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+@dataclass
+class Progress:
+    """Timing and loss bookkeeping of one session (fps excludes the first iterations)."""
+    global_batch: int
+    loss_avgs: Dict[str, MovingAverage] = field(default_factory=lambda: {k: MovingAverage(100) for k in LOSS_TYPES})
+    time_avg: MovingAverage = field(default_factory=MovingAverage)
+    steps: int = 0
+    timed_images: int = 0
+    timed_seconds: float = 0.0
+
+    def add(self, losses: Dict[str, float], elapsed: float) -> None:
+        """Record one finite training step: its loss terms and its duration in seconds."""
+        self.steps += 1
+        for k, v in losses.items():
+            self.loss_avgs[k].add(v)
+        if self.steps > 1:
+            self.time_avg.add(elapsed)  # the first iteration builds graphs/caches
+        if self.steps > FPS_WARMUP_ITERS:
+            self.timed_images += self.global_batch
+            self.timed_seconds += elapsed
+
+    def avg_fps(self) -> float:
+        """Images per second over this session, leaving out the first FPS_WARMUP_ITERS iterations
+        (all but the first when the session is shorter than that)."""
+        if self.timed_seconds > 0:
+            return self.timed_images / self.timed_seconds
+        if len(self.time_avg) > 0:
+            return self.global_batch / self.time_avg.get_avg()
+        return float('nan')
+
+    def final_loss(self) -> float:
+        """The sum of the loss terms' moving averages (terms not seen in this session left out)."""
+        return sum(self.loss_avgs[k].get_avg() for k in LOSS_TYPES if len(self.loss_avgs[k]))
+
+    def line(self, epoch: int, iteration: int, keys: Sequence[str], elapsed: float, max_iter: int) -> str:
+        order = [k for k in LOSS_TYPES if k in keys]
+        parts = ' | '.join(f'{k}: {self.loss_avgs[k].get_avg():.3f}' for k in order)
+        total = sum(self.loss_avgs[k].get_avg() for k in order)
+        eta = format_eta((max_iter - iteration) * self.time_avg.get_avg())
+        fps = self.global_batch / elapsed if elapsed > 0 else float('nan')
+        return (f'[{epoch:3d}] {iteration:7d} || {parts} | T: {total:.3f} || ETA: {eta} || '
+                f'timer: {elapsed:.3f} || fps: {fps:.2f} | avg fps: {self.avg_fps():.2f}')
+
+
+class Reporter:
+    """What a training run tells the console (global rank 0 only) and the JSON-lines log (`log`,
+    None when logging is off or on the other ranks)."""
+
+    def __init__(self, log: Optional[Log], is_main: bool, global_batch: int, log_interval: int, max_iter: int):
+        self.log, self.is_main = log, is_main
+        self.log_interval, self.max_iter = log_interval, max_iter
+        self.progress = Progress(global_batch=global_batch)
+
+    def _print(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    def _log(self, kind: str, *args: Any, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.log(kind, *args, **fields)
+
+    def step(self, epoch: int, iteration: int, losses: Dict[str, float], total: float, finite: bool,
+             lr: float, elapsed: float) -> None:
+        """One iteration: the progress line every log_interval finite iterations, and a log record."""
+        if finite:
+            self.progress.add(losses, elapsed)
+            if iteration % self.log_interval == 0:
+                self._print(self.progress.line(epoch, iteration, losses.keys(), elapsed, self.max_iter))
+        loss_info = {k: round(v, 5) for k, v in losses.items()}
+        loss_info['T'] = round(total, 5)
+        self._log('train', loss=loss_info, epoch=epoch, iter=iteration, lr=round(lr, 10), elapsed=elapsed,
+                  finite=finite)
+
+    def nonfinite(self, epoch: int, iteration: int, losses: Dict[str, float], in_a_row: int, total: int) -> None:
+        shown = ', '.join(f'{k}: {v:.4g}' for k, v in losses.items())
+        self._print(f'[{epoch:3d}] {iteration:7d} || non-finite loss ({shown}); update skipped '
+                    f'({in_a_row} in a row, {total} in total)')
+        self._log('nonfinite', loss=losses, epoch=epoch, iter=iteration, in_a_row=in_a_row, total=total)
+
+    def validation(self, epoch: int, iteration: int, val_info: Optional[Dict[str, Any]], elapsed: float) -> None:
+        if val_info is None:
+            self._print('Validation: the validation set has no ground truth, no mAP computed.')
+            val_info = {}
+        else:
+            box, mask = val_info.get('box', {}).get('all'), val_info.get('mask', {}).get('all')
+            self._print(f'Validation (epoch {epoch}, iteration {iteration}): box mAP {box}, mask mAP {mask} '
+                        f'({elapsed:.1f}s)')
+        self._log('val', val_info, elapsed=elapsed, epoch=epoch, iter=iteration)
+
+    def interrupted(self, signal_name: str, epoch: int, iteration: int, path: Optional[str]) -> None:
+        self._log('interrupt', signal=signal_name, epoch=epoch, iter=iteration, checkpoint=path)
+        self._print(f'Stopped by {signal_name} at iteration {iteration}; saved {path}.\n'
+                    f'Resume with the same flags plus --resume=interrupt (or --resume={path}).')
+
+    def summary(self, iteration: int, iterations: int, nonfinite_total: int, path: Optional[str]) -> None:
+        """The closing lines the launch scripts read (utils/launch_summary.py) and the summary record."""
+        final_loss, fps = self.progress.final_loss(), self.progress.avg_fps()
+        self._print(f'Training finished at iteration {iteration}; saved {path}.\n'
+                    f'Train summary: iterations={iterations} images_per_sec={fps:.3f} '
+                    f'final_loss={final_loss:.4f} nonfinite_skipped={nonfinite_total}')
+        self._log('summary', iter=iteration, images_per_sec=fps, final_loss=final_loss,
+                  nonfinite_skipped=nonfinite_total, checkpoint=path)

@@ -1,0 +1,171 @@
+"""Training checkpoints: the training-state file beside each weights file, writing and tidying
+them, and finding the checkpoint a run resumes from.
+
+A checkpoint is `<config>_<epoch>_<iter>.pth` (a plain state_dict, loadable by the original code)
+plus `<config>_<epoch>_<iter>.state.pt` (optimizer, LR position, RNG states, data order, AMP
+scaler), so a resumed run continues exactly where it stopped. The state is written first and the
+weights last, each atomically: a weights file on disk marks a complete checkpoint.
+"""
+import os
+import random
+import zipfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from utils.checkpoint import CheckpointError, load_file, save_file
+from utils.functions import SavePath
+
+STATE_FORMAT = 1
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, folder gone, ...); earlier ones are intact."""
+
+
+def state_path(weights_path: str) -> str:
+    """The training-state file that goes with a weights file."""
+    stem = weights_path[:-len('.pth')] if weights_path.endswith('.pth') else weights_path
+    return stem + '.state.pt'
+
+
+def _rng_states(device: torch.device) -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    states: Dict[str, Any] = {
+        'torch': torch.get_rng_state(),
+        # Only tensors and plain containers survive weights_only loading.
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        'python': random.getstate(),
+    }
+    if device.type == 'cuda':
+        states['cuda'] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(states['torch'])
+    name, keys, pos, has_gauss, cached = states['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states['python']
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == 'cuda' and 'cuda' in states:
+        torch.cuda.set_rng_state(states['cuda'], device)
+
+
+def make_training_state(iteration: int, epoch: int, optimizer: torch.optim.Optimizer, lr: float,
+                        seed: int, sched: Any, device: torch.device, scaler=None,
+                        nonfinite_total: int = 0, config: str = '') -> Dict[str, Any]:
+    """Everything besides the weights that an exact resume needs (`sched`: train.Schedule)."""
+    return {
+        'format': STATE_FORMAT,
+        'config': config,
+        'iteration': iteration,
+        'epoch': epoch,
+        'optimizer': optimizer.state_dict(),
+        'lr': lr,
+        'lr_steps_done': sum(1 for s in sched.lr_steps if iteration >= s),
+        'seed': seed,
+        'rng': _rng_states(device),
+        'scaler': scaler.state_dict() if scaler is not None else None,
+        'nonfinite_total': nonfinite_total,
+    }
+
+
+def named_iteration(weights_path: str) -> Optional[int]:
+    """The iteration in a checkpoint's name (<config>_<epoch>_<iter>[_interrupt].pth), or None."""
+    try:
+        return SavePath.from_str(weights_path).iteration
+    except ValueError:
+        return None
+
+
+def load_training_state(weights_path: str) -> Optional[Dict[str, Any]]:
+    """The state file beside `weights_path`, or None when there is none (weights-only resume)."""
+    path = state_path(weights_path)
+    if not os.path.isfile(path):
+        return None
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT or 'optimizer' not in state:
+        raise CheckpointError(f"{path}: not a training-state file of this train.py")
+    expected = named_iteration(weights_path)
+    if expected is not None and state['iteration'] != expected:
+        raise CheckpointError(f"{path} is for iteration {state['iteration']} but {weights_path} is named "
+                              f"for iteration {expected}")
+    return state
+
+
+def restore_training_state(state: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler,
+                           device: torch.device) -> None:
+    """Put the optimizer, AMP scaler and RNGs back where `state` recorded them."""
+    optimizer.load_state_dict(state['optimizer'])
+    if scaler is not None and state.get('scaler'):
+        scaler.load_state_dict(state['scaler'])
+    _set_rng_states(state['rng'], device)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def remove_checkpoint(weights_path: str) -> None:
+    for path in (weights_path, state_path(weights_path)):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def is_complete(weights_path: str) -> bool:
+    """A checkpoint that a resume can continue exactly from: weights and training state on disk."""
+    return (os.path.isfile(weights_path) and zipfile.is_zipfile(weights_path)
+            and os.path.isfile(state_path(weights_path)))
+
+
+def write_checkpoint(net: Any, weights_path: str, state: Dict[str, Any], keep_latest: bool = False,
+                     keep_interval: int = 0) -> None:
+    """Write the training state, then the weights (`net.save_weights`), then tidy the folder.
+
+    An interrupt save replaces older interrupt saves. With `keep_latest`, a periodic save replaces
+    the previous periodic one once it is complete, except milestones at multiples of
+    `keep_interval`. Raises CheckpointWriteError, leaving the earlier checkpoints intact.
+    """
+    folder = os.path.dirname(weights_path) or '.'
+    interrupt = weights_path.endswith(SavePath.INTERRUPT_SUFFIX + '.pth')
+    config = SavePath.from_str(weights_path).model_name
+    previous = None if interrupt else SavePath.get_latest(folder, config, include_interrupt=False)
+    try:
+        save_file(state, state_path(weights_path))
+        net.save_weights(weights_path)
+    except Exception as err:
+        raise CheckpointWriteError(f"could not write checkpoint {weights_path}: {err}; earlier checkpoints "
+                                   f"are intact") from None
+    if interrupt:
+        for old in SavePath.interrupt_files(folder):
+            if os.path.abspath(old) != os.path.abspath(weights_path):
+                remove_checkpoint(old)
+    elif keep_latest and previous is not None and os.path.abspath(previous) != os.path.abspath(weights_path):
+        if not is_complete(weights_path):
+            return
+        if keep_interval > 0 and SavePath.from_str(previous).iteration % keep_interval == 0:
+            return
+        print(f'Deleting old save {previous}')
+        remove_checkpoint(previous)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+def resolve_resume(resume: Optional[str], save_folder: str, config: str) -> Optional[str]:
+    """--resume value -> checkpoint path (None: start fresh). 'latest'/'interrupt' search save_folder."""
+    if resume is None:
+        return None
+    if resume == 'interrupt':
+        path = SavePath.get_interrupt(save_folder)
+        if path is None:
+            raise FileNotFoundError(f"--resume interrupt: no *_interrupt.pth in {save_folder}")
+        return path
+    if resume == 'latest':
+        path = SavePath.get_latest(save_folder, config)
+        if path is None:
+            raise FileNotFoundError(f"--resume latest: no {config}_*.pth checkpoint in {save_folder}")
+        return path
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    return resume
