@@ -13,7 +13,6 @@ state beside them), utils/signals.py (SIGINT/SIGTERM), utils/progress.py (the pr
 import argparse
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.data as torch_data
@@ -34,16 +32,16 @@ from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError
 from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
-from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type, prefers_channels_last,
-                          select_device, synchronize)
+from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type, grad_scaler,
+                          prefers_channels_last, select_device, synchronize)
 from utils.distributed import (DistInfo, all_ranks_agree, barrier, broadcast_from_rank0, dist_info_from_env,
-                               init_distributed, shutdown)
+                               init_distributed, restart_count, shutdown, wrap_ddp)
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
 from utils.signals import StopRequest
-from utils.train_state import (CheckpointWriteError, load_training_state, make_training_state, named_iteration,
-                               resolve_resume, restore_training_state, write_checkpoint)
+from utils.train_state import (CheckpointWriteError, agree_on_resume, load_training_state,
+                               make_training_state, restore_training_state, seed_everything, write_checkpoint)
 from yolact import Yolact
 
 # The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
@@ -65,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset config replacing the config's own (e.g. coco2017_dataset)")
     p.add_argument('--batch_size', default=8, type=int, help='batch size per process')
     p.add_argument('--resume', default=None, type=str,
-                   help="checkpoint to resume from: a path, 'latest' or 'interrupt'")
+                   help="checkpoint to resume from: a path, 'latest', 'interrupt', or 'auto' (the newest complete "
+                        "checkpoint if any, else start fresh: for torchrun --max-restarts and requeued jobs)")
     p.add_argument('--start_iter', default=-1, type=int,
                    help='iteration to resume at; -1 takes it from the training state / file name')
     p.add_argument('--num_workers', default=4, type=int, help='data loading processes per training process')
@@ -198,13 +197,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group['lr'] = lr
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and random."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 def build_datasets(seed: int, need_val: bool) -> Tuple[COCODetection, Optional[COCODetection]]:
     """Training set with SSDAugmentation and (if validating) the validation set with BaseTransform."""
     train_set = COCODetection(image_path=cfg.dataset.train_images, info_file=cfg.dataset.train_info,
@@ -271,22 +263,6 @@ def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
     return torch.optim.SGD(net.parameters(), lr=sched.lr, momentum=sched.momentum, weight_decay=sched.decay)
 
 
-def make_grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """A GradScaler for float16 training (bfloat16 has float32's range and needs none)."""
-    if amp_dtype != torch.float16:
-        return None
-    return torch.amp.GradScaler(device.type)
-
-
-def wrap_model(net_loss: NetLoss, device: torch.device, info: DistInfo) -> nn.Module:
-    """DDP around NetLoss when there are several processes, else NetLoss itself."""
-    if not info.distributed:
-        return net_loss
-    device_ids = None if device.type == 'cpu' else [device.index]
-    # Some heads get no gradient in some batches (e.g. no positives for the mask-IoU head).
-    return nn.parallel.DistributedDataParallel(net_loss, device_ids=device_ids, find_unused_parameters=True)
-
-
 @dataclass
 class StepResult:
     losses: Dict[str, float]
@@ -317,14 +293,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
 def init_weights(net: Yolact, save_folder: str) -> Optional[str]:
     """Pretrained backbone from <save_folder>/ or weights/ if present, else training from scratch.
     Returns the backbone file used, or None."""
-    name = cfg.backbone.path
-    for folder in (save_folder, 'weights'):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            net.init_weights(backbone_path=path)
-            return path
-    net.init_weights(backbone_path=None)
-    return None
+    found = [p for p in (os.path.join(f, cfg.backbone.path) for f in (save_folder, 'weights')) if os.path.isfile(p)]
+    net.init_weights(backbone_path=found[0] if found else None)
+    return found[0] if found else None
 
 
 def _eval_module():
@@ -508,16 +479,12 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         if args.log:
             check_writable_folder(args.log_folder, '--log_folder')
 
-    resume_path = resolve_resume(args.resume, args.save_folder, cfg.name)
-    state = load_training_state(resume_path) if resume_path is not None else None
     init_distributed(info, device)
-    if args.seed is not None:
-        seed = args.seed
-    elif state is not None:
-        seed = state['seed']
-    else:
-        # Every rank must shuffle with the same seed, or the shards would overlap.
-        seed = broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'), device)
+    resume_path = agree_on_resume(args.resume, args.save_folder, cfg.name, info, device)
+    state = load_training_state(resume_path) if resume_path is not None else None
+    # --seed, else the resumed run's, else a random one: rank 0's on every rank, or the shards would overlap.
+    seed = args.seed if args.seed is not None else state['seed'] if state is not None else \
+        broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'), device)
     seed_everything(seed)
 
     train_set, val_set = build_datasets(seed, need_val)
@@ -525,10 +492,13 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         torch.backends.cudnn.benchmark = True
 
     net = Yolact()
+    restarts = restart_count()
     if resume_path is not None:
         if info.is_main:
-            print(f'Resuming training, loading {resume_path}...')
+            print(f'{f"torchrun restart {restarts}: " if restarts else ""}Resuming training, loading {resume_path}...')
         net.load_weights(resume_path)
+    elif args.resume == 'auto' and info.is_main:
+        print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}, starting from scratch.')
     else:
         backbone = init_weights(net, args.save_folder)
         if info.is_main:
@@ -543,21 +513,16 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
                                notify=print if info.is_main else None)
     if prefers_channels_last(device, amp_dtype is not None, training=True):
         net.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same
-    scaler = make_grad_scaler(device, amp_dtype)
+    scaler = grad_scaler(device, amp_dtype)
 
     iteration, nonfinite_total = 0, 0
     if resume_path is not None:
-        if state is not None:
-            restore_training_state(state, sched_optimizer, scaler, device)
-            iteration, nonfinite_total = state['iteration'], state.get('nonfinite_total', 0)
-        else:
-            if info.is_main:
-                print(f'No training state beside {resume_path}: optimizer momentum and RNG start fresh.')
-            iteration = named_iteration(resume_path) or 0
+        iteration, nonfinite_total = restore_training_state(resume_path, state, sched_optimizer, scaler, device,
+                                                            say=print if info.is_main else None)
     if args.start_iter != -1:
         iteration = args.start_iter
 
-    model = wrap_model(NetLoss(net, build_criterion(), amp_dtype), device, info)
+    model = wrap_ddp(NetLoss(net, build_criterion(), amp_dtype), device, info)
     loader, sampler = resumable_loader(train_set, args.batch_size, args.num_workers, seed, info.world_size, info.rank,
                                        detection_collate, pin_memory=device.type == 'cuda')
 
@@ -565,7 +530,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     if args.log and info.is_main:
         session = {k: v for k, v in vars(args).items()}
         session.update(seed=seed, world_size=info.world_size, device=str(device), lr=sched.lr,
-                       max_iter=sched.max_iter, lr_steps=sched.lr_steps, start_iter=iteration)
+                       max_iter=sched.max_iter, lr_steps=sched.lr_steps, start_iter=iteration,
+                       resumed_from=resume_path, restart=restarts)
         log = Log(cfg.name, args.log_folder, session, overwrite=False)
     return Trainer(args, info, device, sched, seed, net, model, sched_optimizer, loader, sampler, val_set,
                    log, scaler=scaler, amp_dtype=amp_dtype, iteration=iteration, nonfinite_total=nonfinite_total)

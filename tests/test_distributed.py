@@ -73,7 +73,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str
     distributed.init_distributed(info, CPU)
     try:
         net, model, (images, targets, masks, crowds) = _tiny_model_and_batch(seed=0)
-        ddp = train.wrap_model(model, CPU, info)
+        ddp = distributed.wrap_ddp(model, CPU, info)
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         # Each rank gets a different image with the same ground truth (see the test).
         result = _one_step(ddp, net, (images[rank:rank + 1], targets[:1], masks[:1], crowds[:1]))
@@ -150,15 +150,14 @@ def test_two_process_training_only_rank0_writes(tiny, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_amp_dtype_and_grad_scaler_per_device():
-    import train
-    from utils.device import autocast_dtype  # the CPU-capability cases are in test_device.py
+    from utils.device import autocast_dtype, grad_scaler  # the CPU-capability cases are in test_device.py
     assert autocast_dtype(CPU, amp=False) is None
     assert autocast_dtype(torch.device('cuda', 0), amp=True) == torch.float16
     assert autocast_dtype(CPU, True, 'fp16') == torch.float16
     assert autocast_dtype(torch.device('cuda', 0), True, 'bfloat16') == torch.bfloat16
-    assert train.make_grad_scaler(CPU, torch.bfloat16) is None
-    assert train.make_grad_scaler(CPU, None) is None
-    scaler = train.make_grad_scaler(CPU, torch.float16)
+    assert grad_scaler(CPU, torch.bfloat16) is None
+    assert grad_scaler(CPU, None) is None
+    scaler = grad_scaler(CPU, torch.float16)
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.train_state import (load_training_state, make_training_state, resolve_resume, restore_training_state,
-                               state_path, write_checkpoint)
+from utils.distributed import DistInfo
+from utils.train_state import (agree_on_resume, load_training_state, make_training_state, resolve_resume,
+                               restore_training_state, state_path, write_checkpoint)
 
 CPU = torch.device('cpu')
 
@@ -47,8 +48,12 @@ def test_state_is_checked_against_the_checkpoint_name_and_restores_the_rngs(tmp_
     loaded = load_training_state(weights)
     torch.manual_seed(0)
     optimizer = torch.optim.SGD(_Net().parameters(), lr=0.5)
-    restore_training_state(loaded, optimizer, None, CPU)
+    assert restore_training_state(weights, loaded, optimizer, None, CPU) == (4, 0)
     assert torch.equal(torch.rand(3), expected) and optimizer.param_groups[0]['lr'] == 0.1
+    # Weights only (e.g. the original's checkpoints): the iteration comes from the name.
+    said = []
+    assert restore_training_state(str(tmp_path / 'tiny_3_321.pth'), None, optimizer, None, CPU, said.append) == (321, 0)
+    assert 'No training state' in said[0]
     # A state file renamed to another iteration's checkpoint is refused.
     other = str(tmp_path / 'tiny_0_6.pth')
     write_checkpoint(_Net(), other, _state(4))
@@ -67,3 +72,27 @@ def test_resolve_resume_latest_interrupt_and_paths(tmp_path):
     assert resolve_resume('latest', str(tmp_path), 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
     assert resolve_resume('interrupt', str(tmp_path), 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
     assert resolve_resume(str(tmp_path / 'tiny_0_2.pth'), str(tmp_path), 'x') == str(tmp_path / 'tiny_0_2.pth')
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint_or_starts_fresh(tmp_path):
+    folder = str(tmp_path)
+    assert resolve_resume('auto', folder, 'tiny') is None  # nothing yet: start from scratch
+    write_checkpoint(_Net(), str(tmp_path / 'tiny_0_2.pth'), _state(2))
+    assert resolve_resume('auto', folder, 'tiny') == str(tmp_path / 'tiny_0_2.pth')
+    write_checkpoint(_Net(), str(tmp_path / 'tiny_1_4_interrupt.pth'), _state(4))
+    assert resolve_resume('auto', folder, 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
+    # Newer, but not complete (weights without the training state, or a torn weights file): skipped.
+    _Net().save_weights(str(tmp_path / 'tiny_1_6.pth'))
+    (tmp_path / 'tiny_2_8.pth').write_bytes(b'torn')
+    save_file(_state(8), state_path(str(tmp_path / 'tiny_2_8.pth')))
+    assert resolve_resume('auto', folder, 'tiny') == str(tmp_path / 'tiny_1_4_interrupt.pth')
+    assert resolve_resume('auto', folder, 'other') is None
+
+
+def test_one_process_agrees_with_itself_and_reports_rank_0_errors(tmp_path):
+    info = DistInfo(0, 1, 0)
+    assert agree_on_resume('auto', str(tmp_path), 'tiny', info, CPU) is None
+    write_checkpoint(_Net(), str(tmp_path / 'tiny_0_2.pth'), _state(2))
+    assert agree_on_resume('latest', str(tmp_path), 'tiny', info, CPU) == str(tmp_path / 'tiny_0_2.pth')
+    with pytest.raises(FileNotFoundError, match='no \\*_interrupt.pth'):
+        agree_on_resume('interrupt', str(tmp_path), 'tiny', info, CPU)

@@ -126,6 +126,13 @@ def autocast_dtype(device: torch.device, amp: bool, choice: str = 'auto',
     return None
 
 
+def grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """A GradScaler for float16 training, else None (bfloat16 has float32's range and needs none)."""
+    if amp_dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
 def prefers_channels_last(device: torch.device, amp: bool, training: bool = False) -> bool:
     """Whether YOLACT runs faster with channels-last (NHWC) weights and activations here.
 

@@ -133,6 +133,15 @@ def gather_flags(flag: bool, device: torch.device) -> List[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around `module` when there are several processes, else `module`."""
+    if not info.distributed:
+        return module
+    device_ids = None if device.type == 'cpu' else [device.index]
+    # Some heads get no gradient in some batches (e.g. no positives for the mask-IoU head).
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
 def barrier() -> None:
     if _in_group():
         dist.barrier()

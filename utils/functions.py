@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections import deque
 from pathlib import Path
-from typing import Deque, List, Optional, Union
+from typing import Callable, Deque, List, Optional, Union
 
 
 class MovingAverage:
@@ -106,14 +106,18 @@ class SavePath:
         return best
 
     @staticmethod
-    def get_latest(save_folder: str, config: str, include_interrupt: bool = True) -> Optional[str]:
+    def get_latest(save_folder: str, config: str, include_interrupt: bool = True,
+                   accept: Optional[Callable[[str], bool]] = None) -> Optional[str]:
         """The checkpoint of config name `config` with the highest iteration, or None.
 
-        Interrupt saves count too (as in the original), unless `include_interrupt` is False.
+        Interrupt saves count too (as in the original), unless `include_interrupt` is False;
+        `accept(path)` can rule files out (e.g. incomplete ones).
         """
         best, best_iter = None, -1
         for p in Path(save_folder).glob(config + '_*.pth'):
             if not include_interrupt and p.stem.endswith(SavePath.INTERRUPT_SUFFIX):
+                continue
+            if accept is not None and not accept(str(p)):
                 continue
             try:
                 save = SavePath.from_str(str(p))

@@ -9,12 +9,13 @@ weights last, each atomically: a weights file on disk marks a complete checkpoin
 import os
 import random
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from utils.checkpoint import CheckpointError, load_file, save_file
+from utils.distributed import DistInfo, broadcast_object_from_rank0, gather_flags
 from utils.functions import SavePath
 
 STATE_FORMAT = 1
@@ -28,6 +29,13 @@ def state_path(weights_path: str) -> str:
     """The training-state file that goes with a weights file."""
     stem = weights_path[:-len('.pth')] if weights_path.endswith('.pth') else weights_path
     return stem + '.state.pt'
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and random: the RNG states a training state records."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
 
 
 def _rng_states(device: torch.device) -> Dict[str, Any]:
@@ -96,13 +104,21 @@ def load_training_state(weights_path: str) -> Optional[Dict[str, Any]]:
     return state
 
 
-def restore_training_state(state: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler,
-                           device: torch.device) -> None:
-    """Put the optimizer, AMP scaler and RNGs back where `state` recorded them."""
+def restore_training_state(weights_path: str, state: Optional[Dict[str, Any]], optimizer: torch.optim.Optimizer,
+                           scaler, device: torch.device, say: Optional[Callable[[str], None]] = None
+                           ) -> Tuple[int, int]:
+    """Put the optimizer, AMP scaler and RNGs back where `state` (the file beside `weights_path`)
+    recorded them; returns (iteration, non-finite losses so far) to continue from. Without a
+    state (weights only, e.g. the original's checkpoints) the iteration comes from the file name."""
+    if state is None:
+        if say is not None:
+            say(f'No training state beside {weights_path}: optimizer momentum and RNG start fresh.')
+        return named_iteration(weights_path) or 0, 0
     optimizer.load_state_dict(state['optimizer'])
     if scaler is not None and state.get('scaler'):
         scaler.load_state_dict(state['scaler'])
     _set_rng_states(state['rng'], device)
+    return state['iteration'], state.get('nonfinite_total', 0)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -153,9 +169,14 @@ def write_checkpoint(net: Any, weights_path: str, state: Dict[str, Any], keep_la
 # ----------------------------------------------------------------------------- resuming
 
 def resolve_resume(resume: Optional[str], save_folder: str, config: str) -> Optional[str]:
-    """--resume value -> checkpoint path (None: start fresh). 'latest'/'interrupt' search save_folder."""
+    """--resume value -> checkpoint path (None: start fresh). 'latest'/'interrupt' search
+    save_folder and fail when nothing is there; 'auto' takes the newest complete checkpoint
+    (periodic or interrupt, weights and training state on disk) and starts fresh without one,
+    so the same command starts a job and restarts it (torchrun --max-restarts, a requeued job)."""
     if resume is None:
         return None
+    if resume == 'auto':
+        return SavePath.get_latest(save_folder, config, accept=is_complete)
     if resume == 'interrupt':
         path = SavePath.get_interrupt(save_folder)
         if path is None:
@@ -169,3 +190,25 @@ def resolve_resume(resume: Optional[str], save_folder: str, config: str) -> Opti
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
     return resume
+
+
+def agree_on_resume(resume: Optional[str], save_folder: str, config: str, info: DistInfo,
+                    device: torch.device) -> Optional[str]:
+    """The checkpoint every process resumes from: rank 0 resolves --resume, and each rank must see
+    that file itself (on several nodes --save_folder has to be a shared folder); else one error on
+    every rank, rather than ranks that start from different weights."""
+    choice: Tuple[Optional[str], Optional[str]] = (None, None)  # (path, error)
+    if info.is_main:
+        try:
+            choice = (resolve_resume(resume, save_folder, config), None)
+        except FileNotFoundError as err:
+            choice = (None, str(err))
+    path, error = broadcast_object_from_rank0(choice)
+    if error is not None:
+        raise FileNotFoundError(error)
+    if path is not None:
+        missing = [rank for rank, seen in enumerate(gather_flags(os.path.isfile(path), device)) if not seen]
+        if missing:
+            raise FileNotFoundError(f"rank(s) {', '.join(map(str, missing))} cannot see {path}, the checkpoint "
+                                    f"rank 0 resumes from: --save_folder must be one folder shared by all nodes")
+    return path
