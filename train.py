@@ -3,7 +3,8 @@
     python train.py --config=yolact_base_config --batch_size=8
     python train.py --config=yolact_base_config --data=/data/coco --node_device=npu
     torchrun --nproc_per_node=8 train.py --config=yolact_base_config --batch_size=8
-    python train.py --config=yolact_base_config --resume=latest      # or interrupt, or a path
+    python train.py --config=yolact_base_config --resume=latest      # or interrupt, auto, or a path
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST train.py ...   # README: multi-node
 
 This file is the training story: flags, set-up, the schedule, NetLoss and the loop. Its helpers
 live in modules named for their job: utils/distributed.py (launch environment, process group),
@@ -497,11 +498,11 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         if info.is_main:
             print(f'{f"torchrun restart {restarts}: " if restarts else ""}Resuming training, loading {resume_path}...')
         net.load_weights(resume_path)
-    elif args.resume == 'auto' and info.is_main:
-        print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}, starting from scratch.')
     else:
         backbone = init_weights(net, args.save_folder)
         if info.is_main:
+            if args.resume == 'auto':
+                print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}: a new run.')
             print(f'Initialized the backbone from {backbone}.' if backbone else
                   f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
                   f'training from scratch.')

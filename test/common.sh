@@ -18,11 +18,20 @@
 #   --num_workers=N        data loading processes per training process
 #   anything else          passed on to train.py (after the scripts' own flags, so it wins)
 # Environment: PYTHON (interpreter; default .venv/bin/python, else python3), NODE_DEVICE,
-#   ASCEND_DEVICE_ID (1p card, default 0), RANK_SIZE (8p processes, default 8), MASTER_PORT (8p;
-#   default: a free port), ASCEND_HOME (CANN root, for env_npu.sh), SYNTHETIC_DIR (default
+#   ASCEND_DEVICE_ID (1p card, default 0), RANK_SIZE (8p: processes per node, default 8),
+#   8p on several nodes (torchrun's names): NNODES (default 1; MIN:MAX with RDZV_ENDPOINT),
+#   NODE_RANK (this node, 0..NNODES-1), MASTER_ADDR / MASTER_PORT (node 0's address; one node:
+#   127.0.0.1 and a free port), RDZV_ENDPOINT=HOST:PORT (elastic: c10d rendezvous instead of
+#   MASTER_*), RDZV_ID (default yolact), MAX_RESTARTS (torchrun --max-restarts; > 0 adds
+#   --resume=auto so restarted workers continue from the newest checkpoint),
+#   ASCEND_HOME (CANN root, for env_npu.sh), SYNTHETIC_DIR (default
 #   data/synthetic), SYNTHETIC_TRAIN / SYNTHETIC_VAL (image counts of a generated synthetic set),
 #   EVAL_ARGS (extra eval.py flags, full runs), YOLACT_OUTPUT_DIR (default test/output).
-# Output in test/output/<device id>/: train_<id>.log (console), eval_<id>.log (full runs),
+# Several nodes: run the same command on every node; the output folder (checkpoints above all)
+#   must be one folder shared by all nodes. Only global rank 0 writes checkpoints and logs; the
+#   node that ran it evaluates (full runs) and prints the summary; the other nodes say so and stop.
+# Output in test/output/<device id>/: train_<id>.log (console; train_<id>_node<R>.log on several
+#   nodes), eval_<id>.log (full runs),
 #   <CaseName>.log (key = value summary), <CaseName>/weights (checkpoints) and <CaseName>/logs
 #   (train.py's JSON-lines log). A performance run clears its own <CaseName>/ first; a full run
 #   keeps it, so `--resume=latest` continues an earlier full run.
@@ -205,6 +214,55 @@ _yl_run_logged() {
     return "${PIPESTATUS[0]}"
 }
 
+# NNODES / NODE_RANK / MASTER_* / RDZV_* / MAX_RESTARTS checked; YL_MAX_NODES: the most nodes.
+_yl_check_nodes() {
+    local nnodes="${NNODES:-1}" node_rank="${NODE_RANK:-0}"
+    if [[ "${nnodes}" =~ ^([0-9]+):([0-9]+)$ ]]; then
+        if [ -z "${RDZV_ENDPOINT:-}" ]; then
+            _yl_err "NNODES=${nnodes} (a MIN:MAX range) needs RDZV_ENDPOINT=HOST:PORT (elastic rendezvous)"
+            return 2
+        fi
+        YL_MAX_NODES="${BASH_REMATCH[2]}"
+    elif _yl_is_uint "${nnodes}" && [ "${nnodes}" -ge 1 ]; then
+        YL_MAX_NODES="${nnodes}"
+    else
+        _yl_err "NNODES must be a node count or MIN:MAX, got '${nnodes}'"
+        return 2
+    fi
+    if ! _yl_is_uint "${node_rank}" || [ "${node_rank}" -ge "${YL_MAX_NODES}" ]; then
+        _yl_err "NODE_RANK must be 0..$(( YL_MAX_NODES - 1 )) for NNODES=${nnodes}, got '${node_rank}'"
+        return 2
+    fi
+    if [ "${YL_MAX_NODES}" -gt 1 ] && [ -z "${RDZV_ENDPOINT:-}" ] && [ -z "${MASTER_ADDR:-}" ]; then
+        _yl_err "NNODES=${nnodes}: set MASTER_ADDR (and MASTER_PORT) to node 0's address, or RDZV_ENDPOINT"
+        return 2
+    fi
+    if ! _yl_is_uint "${MAX_RESTARTS:-0}"; then
+        _yl_err "MAX_RESTARTS must be a non-negative integer, got '${MAX_RESTARTS}'"
+        return 2
+    fi
+}
+
+# launcher: torchrun for this node's RANK_SIZE ($1) processes, static or elastic rendezvous.
+_yl_torchrun_launcher() {
+    launcher=("${YL_PYTHON}" -u -m torch.distributed.run --nnodes="${NNODES:-1}" --nproc_per_node="$1")
+    local endpoint="${RDZV_ENDPOINT:-}"
+    if [ "${MAX_RESTARTS:-0}" != 0 ]; then
+        launcher+=(--max-restarts="${MAX_RESTARTS}")
+        # Restarts need the c10d rendezvous: the static one keeps its store, and restarted workers
+        # would find the dead ones' addresses there.
+        [ -z "${endpoint}" ] && [ -n "${MASTER_PORT:-}" ] && endpoint="${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT}"
+    fi
+    if [ -n "${endpoint}" ]; then
+        launcher+=(--rdzv_backend=c10d --rdzv_endpoint="${endpoint}" --rdzv_id="${RDZV_ID:-yolact}")
+    elif [ "${YL_MAX_NODES}" -gt 1 ] || [ -n "${MASTER_PORT:-}" ]; then
+        launcher+=(--node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+                   --master_port="${MASTER_PORT:-29500}")
+    else
+        launcher+=(--standalone)  # a free port: several jobs can share the machine
+    fi
+}
+
 # yolact_launch <full|perf> <1p|8p> [script arguments...]
 yolact_launch() {
     local mode="$1" scale="$2"
@@ -232,6 +290,7 @@ yolact_launch() {
             _yl_err "ASCEND_DEVICE_ID must be a card index, got '${device_id}'"
             return 2
         fi
+        YL_MAX_NODES=1
         export RANK_SIZE=1 RANK_ID=0 ASCEND_DEVICE_ID="${device_id}"
         unset WORLD_SIZE RANK LOCAL_RANK
     else
@@ -240,11 +299,14 @@ yolact_launch() {
             _yl_err "RANK_SIZE must be a positive process count, got '${rank_size}'"
             return 2
         fi
-        # One process per card, chosen by torchrun's LOCAL_RANK; rank 0 (card 0) reports.
+        _yl_check_nodes || return
+        # One process per card, chosen by torchrun's LOCAL_RANK; global rank 0 reports.
         device_id=0
         export RANK_SIZE="${rank_size}"
         unset RANK_ID ASCEND_DEVICE_ID WORLD_SIZE RANK LOCAL_RANK
     fi
+    # Global batch, autoscaling and the summary follow the world size, not the per-node count.
+    local world_size=$(( rank_size * YL_MAX_NODES ))
 
     if [ -n "${YL_SYNTHETIC_DIR}" ]; then
         _yl_prepare_synthetic || return
@@ -261,7 +323,7 @@ yolact_launch() {
     if [ "${mode}" = perf ] && [ -z "${max_iter}" ]; then
         if [ -n "${YL_SYNTHETIC_DIR}" ]; then
             # train.py divides by global batch / 8: ask for the single-card equivalent of N real ones.
-            local global=$(( rank_size * batch ))
+            local global=$(( world_size * batch ))
             max_iter=$(( (YOLACT_PERF_ITERS_SYNTHETIC * global + YOLACT_REFERENCE_BATCH - 1)
                          / YOLACT_REFERENCE_BATCH ))
         else
@@ -271,17 +333,20 @@ yolact_launch() {
 
     local kind=acc
     [ "${mode}" = perf ] && kind=perf
-    local case_name="${YOLACT_NETWORK}_bs${batch}_${rank_size}p_${kind}"
+    local case_name="${YOLACT_NETWORK}_bs${batch}_${world_size}p_${kind}"
     local out="${output_root}/${device_id}"
     local run_dir="${out}/${case_name}"
-    local train_log="${out}/train_${device_id}.log" eval_log="${out}/eval_${device_id}.log"
-    if [ "${mode}" = perf ]; then
-        rm -rf "${run_dir}"
+    local node_tag=""
+    local node_rank=0
+    [ "${YL_MAX_NODES}" -gt 1 ] && node_rank="${NODE_RANK:-0}" node_tag="_node${NODE_RANK:-0}"
+    local train_log="${out}/train_${device_id}${node_tag}.log" eval_log="${out}/eval_${device_id}.log"
+    if [ "${mode}" = perf ] && [ "${node_rank}" = 0 ]; then
+        rm -rf "${run_dir}"  # node 0 only: the folder is shared, and the others may have started
     fi
     mkdir -p "${run_dir}/weights" "${run_dir}/logs" || return
     rm -f "${train_log}" "${eval_log}" "${out}/${case_name}.log"
 
-    _yl_say "${case_name}: device ${YL_DEVICE}, ${rank_size} process(es) x batch ${batch}," \
+    _yl_say "${case_name}: device ${YL_DEVICE}, ${YL_MAX_NODES} node(s) x ${rank_size} process(es) x batch ${batch}," \
             "config ${YL_CONFIG}, data ${YL_DATA_ROOT}${max_iter:+, max_iter ${max_iter}}"
     _yl_say "logs in ${out}/"
 
@@ -290,27 +355,31 @@ yolact_launch() {
                       --save_folder="${run_dir}/weights" --log_folder="${run_dir}/logs")
     [ -n "${max_iter}" ] && train_args+=(--max_iter="${max_iter}")
     [ "${mode}" = perf ] && train_args+=(--validation_epoch=-1)
+    # Restarted workers continue from the newest checkpoint (a --resume of the caller's still wins).
+    [ "${MAX_RESTARTS:-0}" != 0 ] && train_args+=(--resume=auto)
     train_args+=("${YL_EXTRA[@]}")
 
     local launcher=("${YL_PYTHON}" -u)
-    if [ "${scale}" = 8p ]; then
-        launcher=("${YL_PYTHON}" -u -m torch.distributed.run --nnodes=1 --nproc_per_node="${rank_size}")
-        if [ -n "${MASTER_PORT:-}" ]; then
-            launcher+=(--master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT}")
-        else
-            launcher+=(--standalone)  # a free port: several jobs can share the machine
-        fi
-    fi
+    [ "${scale}" = 8p ] && _yl_torchrun_launcher "${rank_size}"
     export PYTHONUNBUFFERED=1
 
     _yl_run_logged "${train_log}" "${launcher[@]}" "${train_args[@]}"
     rc=$?
-    if [ "${rc}" -ge 128 ]; then
-        _yl_err "training stopped by a signal (exit status ${rc}); see ${train_log}"
+    # torchrun exits 1 when it was stopped by a signal; its workers still saved an interrupt checkpoint.
+    if [ "${rc}" -ge 128 ] || { [ "${rc}" != 0 ] && grep -q '^Stopped by SIG' "${train_log}"; }; then
+        local resume_hint=""
+        [ "${mode}" = full ] && resume_hint="; the same command with --resume=auto continues it"
+        _yl_err "training stopped by a signal (exit status ${rc})${resume_hint}; see ${train_log}"
         return "${rc}"
     elif [ "${rc}" != 0 ]; then
         _yl_err "training failed (exit status ${rc}); see ${train_log}"
         return "${rc}"
+    fi
+
+    if [ "${YL_MAX_NODES}" -gt 1 ] && ! grep -q '^Train summary:' "${train_log}"; then
+        # Global rank 0 ran on another node: it evaluates and reports there.
+        _yl_say "training finished; global rank 0 ran on another node, which evaluates and reports"
+        return 0
     fi
 
     local report_args=()
@@ -333,7 +402,7 @@ yolact_launch() {
         report_args+=(--eval_output="${eval_log}")
     fi
 
-    "${YL_PYTHON}" -m utils.launch_summary report --case="${case_name}" --rank_size="${rank_size}" \
+    "${YL_PYTHON}" -m utils.launch_summary report --case="${case_name}" --rank_size="${world_size}" \
         --batch_size="${batch}" --node_device="${YL_DEVICE}" --log_folder="${run_dir}/logs" \
         --console="${train_log}" --since="${start_time}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
         --out="${out}/${case_name}.log" "${report_args[@]}"

@@ -145,6 +145,37 @@ def test_two_process_training_only_rank0_writes(tiny, tmp_path):
     assert (tmp_path / 'console1.txt').read_text().strip() == ''
 
 
+def _agree_on_resume_worker(rank: int, world: int, port: int, node_dirs: list, out_dir: str) -> None:
+    from utils import distributed
+    from utils.train_state import agree_on_resume
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    os.chdir(node_dirs[rank])  # each "node" has its own disk; --save_folder is the relative 'weights'
+    info = distributed.DistInfo(rank, world, rank)
+    distributed.init_distributed(info, CPU)
+    try:
+        agree_on_resume('latest', 'weights', 'tiny', info, CPU)
+        outcome = 'resumed'
+    except FileNotFoundError as err:
+        outcome = str(err)
+    finally:
+        distributed.shutdown()
+    Path(out_dir, f'outcome{rank}').write_text(outcome)
+
+
+def test_a_node_that_cannot_see_rank0s_checkpoint_fails_clearly(tmp_path):
+    """Issue 13: the checkpoint folder must be shared; a rank that cannot see the file rank 0
+    resumes from stops every rank with one message, instead of training from other weights."""
+    node_dirs = [tmp_path / 'node0', tmp_path / 'node1']
+    for d in node_dirs:
+        (d / 'weights').mkdir(parents=True)
+    torch.save({}, node_dirs[0] / 'weights' / 'tiny_0_2.pth')  # only node 0's disk has it
+    mp.spawn(_agree_on_resume_worker, args=(2, free_port(), [str(d) for d in node_dirs], str(tmp_path)),
+             nprocs=2, join=True)
+    for rank in (0, 1):
+        outcome = (tmp_path / f'outcome{rank}').read_text()
+        assert outcome.startswith('rank(s) 1 cannot see weights/tiny_0_2.pth') and 'shared' in outcome
+
+
 # ----------------------------------------------------------------------------------------------
 # AMP
 # ----------------------------------------------------------------------------------------------

@@ -260,6 +260,15 @@ def test_usage_errors_fail_fast(tmp_path):
     assert proc.returncode == 2 and "unknown device 'tpu'" in proc.stdout
     proc = run_script('train_full_8p.sh', ['--help'], env)
     assert proc.returncode == 0 and proc.stdout.startswith('usage: bash train_full_8p.sh')
+    # Several nodes: the settings are checked before anything starts.
+    for extra, message in (({'NNODES': 'two'}, "NNODES must be a node count or MIN:MAX, got 'two'"),
+                           ({'NNODES': '2', 'NODE_RANK': '2', 'MASTER_ADDR': '10.0.0.1'},
+                            'NODE_RANK must be 0..1 for NNODES=2'),
+                           ({'NNODES': '2', 'NODE_RANK': '1'}, 'set MASTER_ADDR'),
+                           ({'NNODES': '1:4'}, 'needs RDZV_ENDPOINT'),
+                           ({'MAX_RESTARTS': '-1'}, 'MAX_RESTARTS must be a non-negative integer')):
+        proc = run_script('train_performance_8p.sh', [], dict(env, **extra))
+        assert proc.returncode == 2 and message in proc.stdout, tail(proc)
 
 
 def test_failing_training_fails_the_script(tmp_path):

@@ -82,8 +82,12 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
         return
     os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
     os.environ.setdefault('MASTER_PORT', '29500')
-    dist.init_process_group(backend=distributed_backend(device), init_method='env://',
-                            rank=info.rank, world_size=info.world_size, timeout=GROUP_TIMEOUT)
+    store, _, _ = next(dist.rendezvous('env://', rank=info.rank, world_size=info.world_size, timeout=GROUP_TIMEOUT))
+    # torchrun keeps its store across --max-restarts: without a prefix per attempt, restarted
+    # workers would read the dead workers' addresses and fail to connect.
+    store = dist.PrefixStore(f'attempt_{restart_count()}/', store)
+    dist.init_process_group(backend=distributed_backend(device), store=store, rank=info.rank,
+                            world_size=info.world_size, timeout=GROUP_TIMEOUT)
 
 
 def shutdown() -> None:
