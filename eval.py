@@ -282,6 +282,21 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False,
         net.train(was_training)
 
 
+def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Optional[torch.dtype] = None,
+                   coco_eval: str = 'pycocotools') -> Optional[Dict[str, Any]]:
+    """Training's validation: box and mask mAP of `net` on (at most) `max_images` images with the
+    flag defaults, quietly: {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}}. The net is left
+    in train mode."""
+    overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval}
+    if amp_dtype is not None:
+        overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
+    try:
+        with torch.no_grad():
+            return evaluate(net, dataset, train_mode=True, opts=default_options(), **overrides)
+    finally:
+        net.train()
+
+
 def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: argparse.Namespace,
                      verbose: bool) -> Optional[Dict[str, Any]]:
     """Run the network over `order`'s images, collect COCO results and score them."""

@@ -19,7 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -307,23 +307,6 @@ def _eval_module():
     return eval_script
 
 
-def compute_validation_map(net: Yolact, dataset: COCODetection, validation_size: int,
-                           amp_dtype: Optional[torch.dtype] = None, coco_eval: str = 'pycocotools'
-                           ) -> Optional[Dict[str, Any]]:
-    """Box and mask mAP of `net` on (at most) `validation_size` images, through eval.evaluate:
-    {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}}. The net is left in train mode."""
-    eval_script = _eval_module()
-    overrides: Dict[str, Any] = {'max_images': validation_size, 'no_bar': True, 'coco_eval': coco_eval}
-    if amp_dtype is not None:
-        overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
-    try:
-        with torch.no_grad():
-            return eval_script.evaluate(net, dataset, train_mode=True, opts=eval_script.default_options(),
-                                        **overrides)
-    finally:
-        net.train()
-
-
 class Trainer:
     """Holds one training run's pieces; `run()` trains from `iteration` to `sched.max_iter`."""
 
@@ -370,8 +353,8 @@ class Trainer:
         if self.info.is_main and self.val_set is not None:
             print('\nComputing validation mAP (this may take a while)...', flush=True)
             start = time.perf_counter()
-            val_info = compute_validation_map(self.net, self.val_set, self.args.validation_size, self.amp_dtype,
-                                              self.args.coco_eval)
+            val_info = _eval_module().validation_map(self.net, self.val_set, self.args.validation_size,
+                                                     self.amp_dtype, self.args.coco_eval)
             self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start)
         barrier()
 

@@ -380,7 +380,7 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
         return {'box': {'all': 1.0}}
 
     monkeypatch.setattr(eval_script, 'evaluate', fake_evaluate)
-    train.compute_validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
+    eval_script.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
     assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True}
 
 
