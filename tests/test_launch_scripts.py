@@ -283,37 +283,6 @@ def test_failing_training_fails_the_script(tmp_path):
     assert 'Final Performance' not in proc.stdout
 
 
-def test_performance_8p_two_processes_on_cpu(tmp_path, tiny_coco):
-    """Done-when 1: RANK_SIZE=2 runs two gloo processes; rank 0 alone writes; the summary prints.
-    The data path is given positionally, relative to the caller's directory."""
-    env = script_env(tmp_path, tmp_path / 'unused', RANK_SIZE='2', NODE_DEVICE='cpu')
-    proc = run_script('train_performance_8p.sh',
-                      [os.path.relpath(tiny_coco, tmp_path), f'--config={DEMO_CONFIG}', '--batch_size=1',
-                       '--max_iter=6', '--no_autoscale', '--num_workers=0'], env, cwd=tmp_path)
-    assert proc.returncode == 0, tail(proc)
-    assert 'torch.distributed.run' in proc.stdout and '--nproc_per_node=2' in proc.stdout
-    assert proc.stdout.count('Begin training!') == 1  # only rank 0 prints
-    assert '2 process(es) x batch 1' in proc.stdout
-    fps = float(FPS_LINE.search(proc.stdout).group(1))
-    assert math.isfinite(fps) and fps > 0
-    assert E2E_LINE.search(proc.stdout) and not ACC_LINE.search(proc.stdout)
-
-    out = tmp_path / 'output' / '0'
-    run = out / 'YOLACT_bs1_2p_perf'
-    assert sorted(p.name for p in (run / 'weights').iterdir()) == \
-        [f'{DEMO_NAME}_2_6.pth', f'{DEMO_NAME}_2_6.state.pt']  # 6 iterations of 2 images
-    entries = [json.loads(line) for line in (run / 'logs' / f'{DEMO_NAME}.log').read_text().splitlines()]
-    sessions = [e for e in entries if e['type'] == 'session']
-    assert len(sessions) == 1 and sessions[0]['data']['world_size'] == 2
-    assert [e['data']['iter'] for e in entries if e['type'] == 'train'] == list(range(6))
-    assert (out / 'train_0.log').read_text().count('Train summary:') == 1
-    fields = case_fields(out / 'YOLACT_bs1_2p_perf.log')
-    assert (fields['RankSize'], fields['BatchSize'], fields['CaseName'], fields['NodeDevice']) == \
-        ('2', '1', 'YOLACT_bs1_2p_perf', 'cpu')
-    assert float(fields['ActualFPS']) == pytest.approx(fps, abs=1e-3)
-    assert math.isfinite(float(fields['ActualLoss']))
-
-
 def test_performance_1p_without_arguments_uses_synthetic_data(tmp_path, fake_cann):
     """Done-when 5: no data path -> the synthetic dataset is generated and used, and the device is
     detected; a finite images/sec is printed. (Batch and iterations are made tiny for CI.)"""

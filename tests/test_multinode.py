@@ -7,6 +7,7 @@ data order, the RNG states and the gradient sums do not depend on where the proc
 the same threads per process: torchrun sets OMP_NUM_THREADS=1 only for several processes per node).
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,19 +20,21 @@ import pytest
 import torch
 
 from test_distributed import free_port
-from test_launch_scripts import DEMO_CONFIG, DEMO_NAME, FPS_LINE, TEST_DIR, script_env, tail, tiny_coco  # noqa: F401
+from test_launch_scripts import (ACC_LINE, DEMO_CONFIG, DEMO_NAME, E2E_LINE, FPS_LINE, TEST_DIR, case_fields,  # noqa: F401
+                                 script_env, tiny_coco)
 
-ITERS, SAVE_EVERY = 24, 6
+ITERS, SAVE_EVERY = 12, 4
 TIMEOUT = 300  # seconds for one launch; every process started here is killed after it
 
 
 def launch(tmp_path: Path, data: Path, output: Path, **env: str) -> subprocess.Popen:
-    """train_performance_8p.sh on `data`, output under `output`, in the background."""
-    args = [str(data), f'--config={DEMO_CONFIG}', '--batch_size=1', f'--max_iter={ITERS}', '--no_autoscale',
+    """train_performance_8p.sh on `data` (given relative to the caller's directory, `tmp_path`),
+    output under `output`, in the background."""
+    args = [os.path.relpath(data, tmp_path), f'--config={DEMO_CONFIG}', '--batch_size=1', f'--max_iter={ITERS}', '--no_autoscale',
             '--num_workers=0', f'--save_interval={SAVE_EVERY}']
     full_env = script_env(tmp_path, tmp_path / 'unused', NODE_DEVICE='cpu', YOLACT_OUTPUT_DIR=str(output),
                           MASTER_ADDR='127.0.0.1', OMP_NUM_THREADS='1', **env)
-    return subprocess.Popen(['bash', str(TEST_DIR / 'train_performance_8p.sh')] + args, env=full_env,
+    return subprocess.Popen(['bash', str(TEST_DIR / 'train_performance_8p.sh')] + args, env=full_env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -70,12 +73,43 @@ def sessions(output: Path) -> List[Dict]:
 
 
 @pytest.fixture(scope='module')
-def one_node_run(tiny_coco, tmp_path_factory) -> Path:
-    """The reference: one node, two processes, no interruption."""
+def one_node(tiny_coco, tmp_path_factory):
+    """The reference: one node, two processes (RANK_SIZE=2), no interruption: (output, console)."""
     tmp = tmp_path_factory.mktemp('one_node')
-    out, = finish([launch(tmp, tiny_coco, tmp / 'output', RANK_SIZE='2', MASTER_PORT=str(free_port()))])
-    assert FPS_LINE.search(out), out[-4000:]
-    return tmp / 'output'
+    proc = launch(tmp, tiny_coco, tmp / 'output', RANK_SIZE='2')
+    out, = finish([proc])
+    assert proc.returncode == 0, out[-4000:]
+    return tmp / 'output', out
+
+
+@pytest.fixture(scope='module')
+def one_node_run(one_node) -> Path:
+    return one_node[0]
+
+
+def test_performance_8p_two_processes_on_cpu(one_node):
+    """RANK_SIZE=2 runs two gloo processes; rank 0 alone writes; the summary prints."""
+    output, console = one_node
+    assert 'torch.distributed.run' in console and '--nproc_per_node=2' in console and '--standalone' in console
+    assert console.count('Begin training!') == 1  # only rank 0 prints
+    assert '1 node(s) x 2 process(es) x batch 1' in console and '2 process(es) x batch 1' in console
+    fps = float(FPS_LINE.search(console).group(1))
+    assert math.isfinite(fps) and fps > 0
+    assert E2E_LINE.search(console) and not ACC_LINE.search(console)
+
+    out, run = output / '0', run_dir(output)
+    assert sorted(p.name for p in (run / 'weights').iterdir()) == sorted(
+        f'{DEMO_NAME}_{it // 2 - 1}_{it}{ext}' for it in range(SAVE_EVERY, ITERS + 1, SAVE_EVERY)
+        for ext in ('.pth', '.state.pt'))  # 2 images per iteration, 4 per epoch
+    entries = [json.loads(line) for line in (run / 'logs' / f'{DEMO_NAME}.log').read_text().splitlines()]
+    assert [s['world_size'] for s in sessions(output)] == [2]
+    assert [e['data']['iter'] for e in entries if e['type'] == 'train'] == list(range(ITERS))
+    assert (out / 'train_0.log').read_text().count('Train summary:') == 1
+    fields = case_fields(out / 'YOLACT_bs1_2p_perf.log')
+    assert (fields['RankSize'], fields['BatchSize'], fields['CaseName'], fields['NodeDevice']) == \
+        ('2', '1', 'YOLACT_bs1_2p_perf', 'cpu')
+    assert float(fields['ActualFPS']) == pytest.approx(fps, abs=1e-3)
+    assert math.isfinite(float(fields['ActualLoss']))
 
 
 def test_two_nodes_end_with_the_weights_of_one_node(one_node_run, tiny_coco, tmp_path):
