@@ -2,14 +2,14 @@
 # The embedded default, end to end on the CPU of a fresh machine:
 #   environment -> synthetic dataset -> train the demo config -> box/mask mAP -> plot + pictures.
 # A thin wrapper over the commands users run (python -m data.synthetic, train.py, eval.py).
-# Running it again reuses the environment, the dataset and a finished training run.
+# Running it again reuses the environment, the dataset, a finished training run and its outputs.
 #
 # Knobs (environment variables):
 #   DEMO_ITERS     training iterations (default: the config's, 800)  DEMO_BATCH  batch size (8)
 #   DEMO_TRAIN     synthetic training images (2000)       DEMO_VAL     validation images (200)
 #   DEMO_DATA      dataset folder (data/synthetic)        DEMO_OUT     output folder (demo_output)
 #   DEMO_WORKERS   data loading processes (2)             DEMO_VAL_EPOCHS  epochs between validations (2)
-#   DEMO_FRESH=1   retrain even if DEMO_OUT has a finished run
+#   DEMO_FRESH=1   retrain (and re-evaluate, redraw) even if DEMO_OUT has a finished run
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -61,19 +61,33 @@ PY
 )
 [ -n "$final" ] || { echo "error: no checkpoint in $weights" >&2; exit 1; }
 
+# Outputs newer than the checkpoint were made from it: a rerun shows them instead of redoing them.
+up_to_date() { [ "${DEMO_FRESH:-0}" != 1 ] && [ "$1" -nt "$final" ]; }
+
 step "4/5 box and mask mAP of $final on $DEMO_DATA/val"
-$PY eval.py --trained_model "$final" --config "$CONFIG" --val_data "$DEMO_DATA" --node_device cpu \
-    | tee "$DEMO_OUT/eval.txt"
+if up_to_date "$DEMO_OUT/eval.txt"; then
+    echo "found the evaluation of this checkpoint (DEMO_FRESH=1 redoes it):"
+    cat "$DEMO_OUT/eval.txt"
+else
+    $PY eval.py --trained_model "$final" --config "$CONFIG" --val_data "$DEMO_DATA" --node_device cpu \
+        > "$DEMO_OUT/eval.txt.part"
+    mv "$DEMO_OUT/eval.txt.part" "$DEMO_OUT/eval.txt"
+    cat "$DEMO_OUT/eval.txt"
+fi
 
 step "5/5 plot and pictures"
-$PY -m utils.logger plot "$logs/$NAME.log" "$DEMO_OUT/loss_map.png"
-samples="$DEMO_OUT/samples"
-rm -rf "$samples" "$DEMO_OUT/predictions"
-mkdir -p "$samples"
-for f in $(ls "$DEMO_DATA/val" | sort | head -n 16); do cp "$DEMO_DATA/val/$f" "$samples/"; done
-$PY eval.py --trained_model "$final" --config "$CONFIG" --node_device cpu \
-    --score_threshold 0.3 --top_k 10 --images "$samples:$DEMO_OUT/predictions"
-$PY -m utils.visualize grid "$DEMO_OUT/predictions" "$DEMO_OUT/predictions.png" --columns 4
+if up_to_date "$DEMO_OUT/predictions.png"; then
+    echo "found the plot and pictures of this checkpoint (DEMO_FRESH=1 redoes them)"
+else
+    $PY -m utils.logger plot "$logs/$NAME.log" "$DEMO_OUT/loss_map.png"
+    samples="$DEMO_OUT/samples"
+    rm -rf "$samples" "$DEMO_OUT/predictions"
+    mkdir -p "$samples"
+    for f in $(ls "$DEMO_DATA/val" | sort | head -n 16); do cp "$DEMO_DATA/val/$f" "$samples/"; done
+    $PY eval.py --trained_model "$final" --config "$CONFIG" --node_device cpu \
+        --score_threshold 0.3 --top_k 10 --images "$samples:$DEMO_OUT/predictions"
+    $PY -m utils.visualize grid "$DEMO_OUT/predictions" "$DEMO_OUT/predictions.png" --columns 4
+fi
 
 cat <<DONE
 

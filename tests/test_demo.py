@@ -43,3 +43,7 @@ def test_short_demo_writes_plot_predictions_and_map(tmp_path):
     assert 'environment .venv is up to date' in again.stdout and 'already holds this dataset' in again.stdout
     assert 'nothing to train' in again.stdout
     assert 'found a previous run' in again.stdout
+    # ... and shows the evaluation and pictures of that checkpoint instead of making them again.
+    assert 'found the evaluation of this checkpoint' in again.stdout and table in again.stdout
+    assert 'found the plot and pictures of this checkpoint' in again.stdout
+    assert (out / 'eval.txt').read_text() == table

@@ -392,23 +392,25 @@ def test_torchscript_loads_without_the_repository_and_matches(tmp_path):
 
 # ----------------------------------------------------------------------------- yolact_base via the CLI
 
-def test_yolact_base_cli_export_dynamic_batch(tmp_path, capsys):
-    set_cfg('yolact_base_config')
+def test_full_size_config_cli_export_dynamic_batch(tmp_path, capsys):
+    # yolact_resnet50: a published full-size config (yolact_base's graph is twice as deep and its
+    # export twice as slow; the tiny tests above cover the same code).
+    set_cfg('yolact_resnet50_config')
     cfg.max_size = 160
     net = random_yolact(seed=4)
     # The config is inferred from the name, as eval.py does.
-    checkpoint = tmp_path / 'yolact_base_1_2.pth'
+    checkpoint = tmp_path / 'yolact_resnet50_1_2.pth'
     net.save_weights(str(checkpoint))
-    output = tmp_path / 'out' / 'yolact_base.onnx'
+    output = tmp_path / 'out' / 'yolact_resnet50.onnx'
     code = export.main(['--trained_model', str(checkpoint), '--image_size', '160', '--dynamic_batch',
                         '--output', str(output), '--no_check'])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert 'Parsed yolact_base_config' in out and f'Wrote {output}' in out
+    assert 'Parsed yolact_resnet50_config' in out and f'Wrote {output}' in out
 
     session = ort_session(str(output))
     meta = onnx_pp.load_metadata(session)
-    assert meta['config'] == 'yolact_base' and meta['input_size'] == 160
+    assert meta['config'] == 'yolact_resnet50' and meta['input_size'] == 160
     model = export.ExportableYolact(net)
     images = torch.from_numpy(random_images(3, 160, seed=20))
     with torch.no_grad():
