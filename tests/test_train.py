@@ -20,7 +20,7 @@ import data.config as config_module
 from data.config import cfg, set_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-OVERFIT_EVAL_STEPS = 120
+OVERFIT_EVAL_STEPS = 100
 TINY_CONFIG = 'tiny_train_config'
 
 
