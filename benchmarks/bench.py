@@ -461,7 +461,10 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
     cpu = TIMING_NOTES.get('cpu_seconds', [])
     if cpu and device.type == 'cpu':
         # Share of the available thread-time the timed calls got; well below 1: the cores were busy.
+        # The CPU time per call (all threads) then is the steadier figure: waiting does not count.
         rec['cpu_utilisation'] = sum(cpu) / (sum(times) * torch.get_num_threads())
+        rec['cpu_seconds'] = cpu
+        rec['cpu_median'] = statistics.median(cpu) * scale
     rec.update(row=name, impl='original' if original else 'port', config=row.config,
                amp=(str(amp_dtype(device)).replace('torch.', '') if amp else None),
                median=statistics.median(times) * scale, min=min(times) * scale, seconds=times,
@@ -507,6 +510,10 @@ def merge_rounds(records: List[Dict]) -> Dict:
     merged['median'] = statistics.median(merged['times'])
     merged['min'] = min(merged['times'])
     merged['loadavg_after'] = records[-1]['loadavg_after']
+    if all('cpu_seconds' in r for r in records):
+        merged['cpu_seconds'] = [t for r in records for t in r['cpu_seconds']]
+        merged['cpu_median'] = statistics.median(merged['cpu_seconds']) * scale
+        merged['cpu_utilisation'] = sum(merged['cpu_seconds']) / (sum(merged['seconds']) * merged['threads'])
     for key in ('peak_rss_process', 'peak_rss_run'):
         values = [r[key] for r in records if r.get(key) is not None]
         merged[key] = max(values) if values else None
@@ -522,7 +529,7 @@ def _opt(value: Optional[float], fmt: str) -> str:
 
 
 def format_table(records: List[Dict]) -> str:
-    head = (f"{'row':<17} {'impl':<8} {'median':>9} {'min':>9} {'unit':<7} {'GFLOP':>7} {'%mm':>4} "
+    head = (f"{'row':<17} {'impl':<8} {'median':>9} {'min':>9} {'CPU':>9} {'unit':<7} {'GFLOP':>7} {'%mm':>4} "
             f"{'peak RSS GiB':>12} {'run GiB':>8} {'cuda GiB':>8} {'thr':>3} {'CL':>3} {'cmp':>3} "
             f"{'cpu%':>5} {'load1 (before/after)':>20}")
     lines = [head, '-' * len(head)]
@@ -534,7 +541,8 @@ def format_table(records: List[Dict]) -> str:
         compiled = 'y' if r.get('compile') else ('n' if 'compile' in r else '-')
         load = f"{r['loadavg_before'][0]:.2f}/{r['loadavg_after'][0]:.2f}"
         util = f"{100 * r['cpu_utilisation']:.0f}" if 'cpu_utilisation' in r else '-'
-        lines.append(f"{r['row']:<17} {r['impl']:<8} {r['median']:>9.1f} {r['min']:>9.1f} {r['unit']:<7} "
+        lines.append(f"{r['row']:<17} {r['impl']:<8} {r['median']:>9.1f} {r['min']:>9.1f} "
+                     f"{_opt(r.get('cpu_median'), '.1f'):>9} {r['unit']:<7} "
                      f"{_opt(r.get('gflop'), '.0f'):>7} {_opt(r.get('pct_of_matmul'), '.0f'):>4} "
                      f"{_gib(r['peak_rss_process']):>12} {_gib(r['peak_rss_run']):>8} "
                      f"{_gib(r.get('peak_cuda_allocated')):>8} {r['threads']:>3} {cl:>3} {compiled:>3} "
@@ -542,11 +550,17 @@ def format_table(records: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def _cpu_ratio(port: Dict, orig: Dict) -> str:
+    if not port.get('cpu_median') or not orig.get('cpu_median'):
+        return '-'
+    return f"{port['cpu_median'] / orig['cpu_median']:.2f}"
+
+
 def format_comparison(records: List[Dict]) -> str:
     """Port beside original, per port row that has an original row: medians, ratio, % of matmul."""
     found = {(r['row'], r['impl']): r for r in records if 'error' not in r}
     head = (f"{'row':<17} {'unit':<7} {'original':>9} {'port':>9} {'ratio':>6} "
-            f"{'orig %mm':>8} {'port %mm':>8}")
+            f"{'orig %mm':>8} {'port %mm':>8} {'CPU ratio':>9}")
     lines = [head, '-' * len(head)]
     for (name, impl), port in found.items():
         orig = found.get((ORIGINAL_ROWS.get(name), 'original'))
@@ -554,7 +568,7 @@ def format_comparison(records: List[Dict]) -> str:
             continue
         lines.append(f"{name:<17} {port['unit']:<7} {orig['median']:>9.1f} {port['median']:>9.1f} "
                      f"{port['median'] / orig['median']:>6.2f} {_opt(orig.get('pct_of_matmul'), '.0f'):>8} "
-                     f"{_opt(port.get('pct_of_matmul'), '.0f'):>8}")
+                     f"{_opt(port.get('pct_of_matmul'), '.0f'):>8} {_cpu_ratio(port, orig):>9}")
     return '\n'.join(lines)
 
 

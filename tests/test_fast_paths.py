@@ -151,6 +151,36 @@ def test_compiled_network_matches_eager():
     assert not any(k.startswith('_orig_mod') for k in net.state_dict())
 
 
+def test_compiled_training_step_gives_the_eager_losses_and_gradients():
+    """compile_network(freeze=False), as train.py --compile: Inductor compiles the forward and,
+    through AOTAutograd, its backward. The fp32 loss terms and every gradient stay the eager ones."""
+    from parity_fill import make_targets
+    from train import NetLoss, build_criterion
+    net = small_net(train=True)
+    model = NetLoss(net, build_criterion())
+    x = image(2)
+    targets, masks, num_crowds = make_targets(SIZE, SIZE)
+    for t in targets:
+        t[:, 4] %= cfg.num_classes - 1  # parity_fill's COCO class indices, folded into the demo's
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            net.compile_network(freeze=False)
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        losses = model(x, list(targets), list(masks), list(num_crowds))
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (plain_losses, plain_grads), (losses, grads) = results
+    assert set(plain_losses) >= {'B', 'C', 'M'}
+    assert_close_dicts(losses, plain_losses)
+    assert grads.keys() == plain_grads.keys() and len(grads) > 50
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grads[name], grad, atol=TOL, rtol=0), \
+            f"{name}: max diff {(grads[name] - grad).abs().max().item()}"
+
+
 # ---------------------------------------------------------------- Detect
 
 def plain_fast_nms(boxes, scores, iou_threshold, top_k, max_dets):
