@@ -151,9 +151,9 @@ def test_compiled_network_matches_eager():
     assert not any(k.startswith('_orig_mod') for k in net.state_dict())
 
 
-def test_compiled_training_step_gives_the_eager_losses_and_gradients():
-    """compile_network(freeze=False), as train.py --compile: Inductor compiles the forward and,
-    through AOTAutograd, its backward. The fp32 loss terms and every gradient stay the eager ones."""
+def test_channels_last_training_step_gives_the_plain_losses_and_gradients():
+    """The layout train.py uses on AVX512/AMX CPUs (utils.device.prefers_channels_last): through
+    MultiBoxLoss, the fp32 loss terms and every gradient stay the default layout's."""
     from parity_fill import make_targets
     from train import NetLoss, build_criterion
     net = small_net(train=True)
@@ -163,9 +163,9 @@ def test_compiled_training_step_gives_the_eager_losses_and_gradients():
     for t in targets:
         t[:, 4] %= cfg.num_classes - 1  # parity_fill's COCO class indices, folded into the demo's
     results = []
-    for compiled in (False, True):
-        if compiled:
-            net.compile_network(freeze=False)
+    for channels_last in (False, True):
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
         net.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         losses = model(x, list(targets), list(masks), list(num_crowds))
