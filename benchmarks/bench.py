@@ -2,17 +2,23 @@
 
     python benchmarks/bench.py [--node_device cpu] [--rows eval_base_fp32 detect ...] [--json out.json]
                                [--threads N] [--quick] [--channels_last auto|on|off] [--compile]
+                               [--compare-original DIR] [--rounds N]
 
 Rows (see benchmarks/README.md for what each one times):
   eval_base_fp32 / eval_base_amp       yolact_base, batch 1, 550x550: forward + Detect + postprocess
   eval_r50_fp32 / eval_r50_amp         the same for yolact_resnet50
   train_base_fp32 / train_base_amp     yolact_base, batch 2: forward + MultiBoxLoss + backward + SGD step
+  train_demo_fp32                      the demo config, batch 8 at 160 px (not in the default rows)
   detect                               Detect (decode, threshold, Fast NMS, top 100) on 19248 x 81 scores
 `amp` is torch.autocast in bfloat16 on CPU (AMX where the CPU has it) and float16 on CUDA.
 
 Every row uses the same deterministic weights (tests/parity_fill.py, filled from the key names) and
 the same deterministic input, so fp32 figures can be set beside the original implementation's.
 Each row runs in its own Python process, so its peak memory is its own.
+
+The table starts with the CPU's capability line and its 4096 x 4096 matmul rate; each row gets its
+FLOPs (flop counter) and the % of that rate it reaches. `--compare-original DIR` runs every row
+also on the original YOLACT checked out in DIR (benchmarks/original.py), right after the port's.
 """
 import argparse
 import gc
