@@ -429,10 +429,16 @@ class Yolact(nn.Module):
 
     def priors(self, level_sizes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
         """All anchors (Tensor[P, 4], cx cy w h) for the given FPN level sizes, cached."""
+        def build() -> torch.Tensor:
+            return torch.cat([layer.priors(h, w, device) for layer, (h, w) in zip(self.prediction_layers, level_sizes)])
+
+        if torch.compiler.is_compiling():
+            # Traced into the compiled graph as a constant. Filling the cache here would make its
+            # contents a guard, and the second call would compile the whole network again.
+            return build()
         key = (tuple(tuple(s) for s in level_sizes), device)
         if key not in self._priors_cache:
-            self._priors_cache[key] = torch.cat([
-                layer.priors(h, w, device) for layer, (h, w) in zip(self.prediction_layers, level_sizes)])
+            self._priors_cache[key] = build()
         return self._priors_cache[key]
 
     def class_scores(self, conf: torch.Tensor) -> torch.Tensor:

@@ -2,17 +2,23 @@
 
     python benchmarks/bench.py [--node_device cpu] [--rows eval_base_fp32 detect ...] [--json out.json]
                                [--threads N] [--quick] [--channels_last auto|on|off] [--compile]
+                               [--compare-original DIR] [--rounds N]
 
 Rows (see benchmarks/README.md for what each one times):
   eval_base_fp32 / eval_base_amp       yolact_base, batch 1, 550x550: forward + Detect + postprocess
   eval_r50_fp32 / eval_r50_amp         the same for yolact_resnet50
   train_base_fp32 / train_base_amp     yolact_base, batch 2: forward + MultiBoxLoss + backward + SGD step
+  train_demo_fp32                      the demo config, batch 8 at 160 px (not in the default rows)
   detect                               Detect (decode, threshold, Fast NMS, top 100) on 19248 x 81 scores
 `amp` is torch.autocast in bfloat16 on CPU (AMX where the CPU has it) and float16 on CUDA.
 
 Every row uses the same deterministic weights (tests/parity_fill.py, filled from the key names) and
 the same deterministic input, so fp32 figures can be set beside the original implementation's.
 Each row runs in its own Python process, so its peak memory is its own.
+
+The table starts with the CPU's capability line and its 4096 x 4096 matmul rate; each row gets its
+FLOPs (flop counter) and the % of that rate it reaches. `--compare-original DIR` runs every row
+also on the original YOLACT checked out in DIR (benchmarks/original.py), right after the port's.
 """
 import argparse
 import gc
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (REPO, os.path.join(REPO, 'tests')):
@@ -34,16 +40,35 @@ for _path in (REPO, os.path.join(REPO, 'tests')):
 
 import torch  # noqa: E402
 
-# (kind, config name, amp)
-ROWS: Dict[str, tuple] = {
-    'eval_base_fp32': ('eval', 'yolact_base_config', False),
-    'eval_base_amp': ('eval', 'yolact_base_config', True),
-    'eval_r50_fp32': ('eval', 'yolact_resnet50_config', False),
-    'eval_r50_amp': ('eval', 'yolact_resnet50_config', True),
-    'train_base_fp32': ('train', 'yolact_base_config', False),
-    'train_base_amp': ('train', 'yolact_base_config', True),
-    'detect': ('detect', None, False),
+class Row(NamedTuple):
+    """What a row runs: its kind, config, autocast or not, and (when not bench.py's --size and
+    batch 1 / 2) its own input size and batch."""
+    kind: str
+    config: Optional[str]
+    amp: bool
+    size: Optional[int] = None
+    batch: Optional[int] = None
+
+
+ROWS: Dict[str, Row] = {
+    'eval_base_fp32': Row('eval', 'yolact_base_config', False),
+    'eval_base_amp': Row('eval', 'yolact_base_config', True),
+    'eval_r50_fp32': Row('eval', 'yolact_resnet50_config', False),
+    'eval_r50_amp': Row('eval', 'yolact_resnet50_config', True),
+    'train_base_fp32': Row('train', 'yolact_base_config', False),
+    'train_base_amp': Row('train', 'yolact_base_config', True),
+    # The 15-minute demo's training step (run_demo.sh: batch 8, 160 px; float32 where bf16 is not native).
+    'train_demo_fp32': Row('train', 'yolact_resnet18_synthetic_config', False, size=160, batch=8),
+    'detect': Row('detect', None, False),
 }
+DEFAULT_ROWS = [name for name in ROWS if name != 'train_demo_fp32']
+
+# The original's row each port row is set beside (`--compare-original`): the original has no
+# autocast, so `amp` rows are compared with its float32 row; the demo config is the port's own.
+ORIGINAL_ROWS = {'eval_base_fp32': 'eval_base_fp32', 'eval_base_amp': 'eval_base_fp32',
+                 'eval_r50_fp32': 'eval_r50_fp32', 'eval_r50_amp': 'eval_r50_fp32',
+                 'train_base_fp32': 'train_base_fp32', 'train_base_amp': 'train_base_fp32',
+                 'detect': 'detect'}
 
 # Detect row: the prior count of yolact_base at 550 px and COCO's 80 classes + background.
 DETECT_PRIORS = 19248
@@ -130,28 +155,62 @@ def detect_inputs(num_priors: int = DETECT_PRIORS, num_classes: int = DETECT_CLA
     }
 
 
+# CPU seconds (all threads of this process) of each timed call, set by time_calls: a call whose
+# CPU time is far below wall time x threads waited for the cores (another program was running).
+TIMING_NOTES: Dict[str, List[float]] = {}
+
+
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device,
                on_warm: Optional[Callable[[], None]] = None) -> Tuple[List[float], float]:
     """Seconds per call of fn after `warmup` untimed calls (waiting for the device around each
     call), and the seconds of the very first call (which includes any compilation).
     `on_warm` runs between the warm-up and the timed calls."""
-    from utils.device import synchronize
     first = 0.0
     for i in range(warmup):
         start = time.perf_counter()
         fn()
-        synchronize(device)
+        _synchronize(device)
         if i == 0:
             first = time.perf_counter() - start
     if on_warm is not None:
         on_warm()
     times = []
+    cpu_times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
-        synchronize(device)
+        _synchronize(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    TIMING_NOTES['cpu_seconds'] = cpu_times
     return times, first
+
+
+def _synchronize(device: torch.device) -> None:
+    """utils.device.synchronize, imported only off the CPU: a process running the original (whose
+    `utils` package shadows the port's) times CPU rows only."""
+    if device.type != 'cpu':
+        from utils.device import synchronize
+        synchronize(device)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of fn (torch.utils.flop_counter: convolutions,
+    matmuls and their backward; elementwise work is not counted). A compiled network runs
+    eagerly for the count, so compiled and eager rows count the same work."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch._dynamo.config.patch(disable=True), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
+    """The machine's dense matmul rate in GFLOP/s (best of `repeats` n x n products after one
+    warm-up, at torch's current thread count): the yardstick for each row's % of the machine."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    times, _ = time_calls(lambda: torch.mm(a, b), 1, repeats, device)
+    return 2 * n ** 3 / min(times) / 1e9
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -213,17 +272,17 @@ def use_channels_last(setting: str, device: torch.device, amp: bool, training: b
     return prefers_channels_last(device, amp, training)
 
 
-def build_net(config: str, size: int, device: torch.device, train: bool):
+def build_net(config: str, size: int, device: torch.device, train: bool, freeze_bn: bool = True):
     """A Yolact of `config` with deterministic weights, on `device`, in train or eval mode.
 
-    Eval nets use Fast NMS (per class), as eval.py does. Train nets freeze BatchNorm as train.py
-    does for fewer than 6 images per process.
+    Eval nets use Fast NMS (per class), as eval.py does. Train nets freeze BatchNorm when
+    `freeze_bn` (train.py does for fewer than 6 images per process).
     """
     from data.config import cfg, set_cfg
     from yolact import Yolact
     set_cfg(config)
     cfg.max_size = size
-    cfg.freeze_bn = train
+    cfg.freeze_bn = train and freeze_bn
     net = Yolact()
     fill_weights(net)
     net = net.to(device)
@@ -233,27 +292,43 @@ def build_net(config: str, size: int, device: torch.device, train: bool):
     return net
 
 
+def train_batch(batch: int, size: int, num_classes: int):
+    """Images, targets, masks and crowd counts of a training batch: parity_fill's two images and
+    their objects, repeated to `batch`, class indices folded into the config's classes."""
+    from parity_fill import make_targets
+    targets, masks, num_crowds = make_targets(size, size)
+    reps = -(-batch // len(targets))
+    targets = [t.clone() for t in targets * reps][:batch]
+    for t in targets:
+        t[:, 4] = t[:, 4] % (num_classes - 1)
+    return make_image(batch, size), targets, (masks * reps)[:batch], (num_crowds * reps)[:batch]
+
+
 # ============================================================================================
 # Rows
 # ============================================================================================
 
-def run_eval(config: str, amp: bool, s: Settings, device: torch.device) -> Dict:
+def run_eval(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     from layers.output_utils import postprocess
-    net = build_net(config, s.size, device, train=False)
-    channels_last = use_channels_last(s.channels_last, device, amp)
+    net = build_net(row.config, size, device, train=False)
+    channels_last = use_channels_last(s.channels_last, device, row.amp)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
         net.compile_network()
-    image = make_image(1, s.size).to(device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp)
+    image = make_image(1, size).to(device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=row.amp)
     counts = []
 
     def step():
         with torch.inference_mode(), autocast:
             dets = net(image)
-            classes, scores, boxes, masks = postprocess(dets, s.size, s.size)
+            classes, scores, boxes, masks = postprocess(dets, size, size)
         counts.append(int(classes.shape[0]))
+
+    def forward():
+        with torch.inference_mode(), autocast:
+            net(image)
 
     # With --compile the window starts after the warm-up, so it holds inference, not the compiler.
     reset_peak_memory(device)
@@ -261,24 +336,30 @@ def run_eval(config: str, amp: bool, s: Settings, device: torch.device) -> Dict:
                               on_warm=(lambda: reset_peak_memory(device)) if s.compile else None)
     return {'seconds': times, 'unit': 'ms/img', 'scale': 1000.0, 'detections': counts[-1],
             'first_call_s': first, 'channels_last': channels_last, 'compile': s.compile,
-            **peak_memory(device)}
+            'flops': count_flops(forward), **peak_memory(device)}
 
 
-def run_train(config: str, amp: bool, s: Settings, device: torch.device) -> Dict:
-    from parity_fill import make_targets
-    from train import NetLoss, build_criterion, train_step
-    net = build_net(config, s.size, device, train=True)
-    channels_last = use_channels_last(s.channels_last, device, amp, training=True)
+def run_train(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
+    from data.config import cfg
+    from train import MIN_BN_BATCH, NetLoss, build_criterion, train_step
+    batch = row.batch or 2
+    net = build_net(row.config, size, device, train=True, freeze_bn=batch < MIN_BN_BATCH)
+    channels_last = use_channels_last(s.channels_last, device, row.amp, training=True)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(device) if amp else None
+    if s.compile:
+        net.compile_network(freeze=False)
+    dtype = amp_dtype(device) if row.amp else None
     model = NetLoss(net, build_criterion(), amp_dtype=dtype)
-    # Plain SGD with the original's defaults (lr 1e-3, momentum 0.9, decay 5e-4); a tiny lr keeps
-    # the weights, and so the work per step, nearly fixed over the repeats.
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-7, momentum=0.9, weight_decay=5e-4)
+    # The config's optimizer with the original's defaults (momentum 0.9, decay 5e-4); a tiny lr
+    # keeps the weights, and so the work per step, nearly fixed over the repeats.
+    if cfg.optimizer == 'adamw':
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-7, weight_decay=5e-4)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-7, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    images = make_image(2, s.size).to(device)
-    targets, masks, num_crowds = make_targets(s.size, s.size)
+    images, targets, masks, num_crowds = train_batch(batch, size, cfg.num_classes)
+    images = images.to(device)
     targets = [t.to(device) for t in targets]
     masks = [m.to(device) for m in masks]
     losses = []
@@ -290,8 +371,9 @@ def run_train(config: str, amp: bool, s: Settings, device: torch.device) -> Dict
 
     reset_peak_memory(device)
     times, first = time_calls(step, s.train_warmup, s.train_repeats, device)
-    return {'seconds': times, 'unit': 's/step', 'scale': 1.0, 'loss': losses[-1],
-            'channels_last': channels_last, **peak_memory(device)}
+    return {'seconds': times, 'unit': 's/step', 'scale': 1.0, 'loss': losses[-1], 'batch': batch,
+            'first_call_s': first if s.train_warmup else None, 'channels_last': channels_last,
+            'compile': s.compile, 'flops': count_flops(step), **peak_memory(device)}
 
 
 def run_detect(s: Settings, device: torch.device) -> Dict:
@@ -315,29 +397,85 @@ def run_detect(s: Settings, device: torch.device) -> Dict:
             **peak_memory(device)}
 
 
-def run_row(name: str, s: Settings) -> Dict:
-    """Run one row in this process and return its record."""
-    from utils.device import select_device
+def run_original(row: Row, size: int, s: Settings, checkout: str) -> Dict:
+    """The same row, timed the same way, on the original implementation in `checkout` (float32,
+    CPU; see benchmarks/original.py for how it runs on today's torch)."""
+    import original
+    original.import_original(checkout)
+    device = torch.device('cpu')
+    counts, losses = [], []
+    if row.kind == 'eval':
+        net = original.build_net(row.config, size, False, fill_weights)
+        image = make_image(1, size)
+        step = original.eval_step(net, image, size, counts)
+        warmup, repeats, unit, scale = max(s.warmup, 1), s.repeats, 'ms/img', 1000.0
+
+        def counted():
+            with torch.inference_mode():
+                net(image)
+    elif row.kind == 'train':
+        from data.config import cfg  # the original's
+        net = original.build_net(row.config, size, True, fill_weights)
+        images, targets, masks, num_crowds = train_batch(row.batch or 2, size, cfg.num_classes)
+        step = original.train_step(net, images, targets, masks, num_crowds, losses)
+        warmup, repeats, unit, scale = s.train_warmup, s.train_repeats, 's/step', 1.0
+        counted = step
+    else:
+        step = original.detect_step(detect_inputs(), counts)
+        warmup, repeats, unit, scale = max(s.warmup, 3), max(s.repeats, 20), 'ms', 1000.0
+        counted = None
+    reset_peak_memory(device)
+    times, _ = time_calls(step, warmup, repeats, device)
+    rec = {'seconds': times, 'unit': unit, 'scale': scale, **peak_memory(device)}
+    if counts:
+        rec['detections'] = counts[-1]
+    if losses:
+        rec['loss'] = losses[-1]
+    if counted is not None:
+        rec['flops'] = count_flops(counted)
+    return rec
+
+
+def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
+    """Run one row in this process (of the port, or of the original in checkout `original`)
+    and return its record."""
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = select_device(s.device)
-    kind, config, amp = ROWS[name]
-    if amp and amp_dtype(device) is None:
-        print(f'{name}: this CPU has no native bfloat16; --amp runs float32 here', file=sys.stderr)
-        amp = False
+    row = ROWS[name]
+    size = row.size or s.size
     load_before = os.getloadavg()
-    if kind == 'eval':
-        rec = run_eval(config, amp, s, device)
-    elif kind == 'train':
-        rec = run_train(config, amp, s, device)
+    if original:
+        device = torch.device('cpu')
+        amp = False
+        rec = run_original(row, size, s, original)
     else:
-        rec = run_detect(s, device)
+        from utils.device import select_device
+        device = select_device(s.device)
+        amp = row.amp
+        if amp and amp_dtype(device) is None:
+            print(f'{name}: this CPU has no native bfloat16; --amp runs float32 here', file=sys.stderr)
+            amp = False
+        row = row._replace(amp=amp)
+        if row.kind == 'eval':
+            rec = run_eval(row, size, s, device)
+        elif row.kind == 'train':
+            rec = run_train(row, size, s, device)
+        else:
+            rec = run_detect(s, device)
     times = rec.pop('seconds')
     scale = rec.pop('scale')
-    rec.update(row=name, config=config, amp=(str(amp_dtype(device)).replace('torch.', '') if amp else None),
-               median=statistics.median(times) * scale, min=min(times) * scale,
+    cpu = TIMING_NOTES.get('cpu_seconds', [])
+    if cpu and device.type == 'cpu':
+        # Share of the available thread-time the timed calls got; well below 1: the cores were busy.
+        # The CPU time per call (all threads) then is the steadier figure: waiting does not count.
+        rec['cpu_utilisation'] = sum(cpu) / (sum(times) * torch.get_num_threads())
+        rec['cpu_seconds'] = cpu
+        rec['cpu_median'] = statistics.median(cpu) * scale
+    rec.update(row=name, impl='original' if original else 'port', config=row.config,
+               amp=(str(amp_dtype(device)).replace('torch.', '') if amp else None),
+               median=statistics.median(times) * scale, min=min(times) * scale, seconds=times,
                times=[t * scale for t in times], threads=torch.get_num_threads(),
-               device=str(device), size=s.size if kind != 'detect' else None,
+               device=str(device), size=size if row.kind != 'detect' else None,
                loadavg_before=list(load_before), loadavg_after=list(os.getloadavg()))
     return rec
 
@@ -346,24 +484,97 @@ def run_row(name: str, s: Settings) -> Dict:
 # Driver
 # ============================================================================================
 
+def machine_rates(device: torch.device) -> Dict[str, float]:
+    """GFLOP/s of a 4096 x 4096 matmul here: 'float32', and the autocast dtype where it is native."""
+    rates = {'float32': matmul_rate(device, torch.float32)}
+    dtype = amp_dtype(device)
+    if dtype is not None:
+        rates[str(dtype).replace('torch.', '')] = matmul_rate(device, dtype)
+    return rates
+
+
+def add_rates(rec: Dict, rates: Dict[str, float]) -> None:
+    """A record's GFLOP/s (its FLOPs over its median time) and its % of the matmul rate of its
+    precision."""
+    if 'error' in rec or not rec.get('flops'):
+        return
+    rec['gflop'] = rec['flops'] / 1e9
+    rec['gflops'] = rec['gflop'] / statistics.median(rec['seconds'])
+    rate = rates.get(rec.get('amp') or 'float32')
+    if rate:
+        rec['pct_of_matmul'] = 100 * rec['gflops'] / rate
+
+
+def merge_rounds(records: List[Dict]) -> Dict:
+    """One record from the same row's runs in several rounds: all their timed calls together."""
+    if len(records) == 1 or any('error' in r for r in records):
+        return records[0] if len(records) == 1 else next(r for r in records if 'error' in r)
+    merged = dict(records[0])
+    merged['seconds'] = [t for r in records for t in r['seconds']]
+    scale = records[0]['times'][0] / records[0]['seconds'][0]
+    merged['times'] = [t * scale for t in merged['seconds']]
+    merged['median'] = statistics.median(merged['times'])
+    merged['min'] = min(merged['times'])
+    merged['loadavg_after'] = records[-1]['loadavg_after']
+    if all('cpu_seconds' in r for r in records):
+        merged['cpu_seconds'] = [t for r in records for t in r['cpu_seconds']]
+        merged['cpu_median'] = statistics.median(merged['cpu_seconds']) * scale
+        merged['cpu_utilisation'] = sum(merged['cpu_seconds']) / (sum(merged['seconds']) * merged['threads'])
+    for key in ('peak_rss_process', 'peak_rss_run'):
+        values = [r[key] for r in records if r.get(key) is not None]
+        merged[key] = max(values) if values else None
+    return merged
+
+
 def _gib(n: Optional[int]) -> str:
     return '-' if n is None else f"{n / 2 ** 30:.2f}"
 
 
+def _opt(value: Optional[float], fmt: str) -> str:
+    return '-' if value is None else format(value, fmt)
+
+
 def format_table(records: List[Dict]) -> str:
-    head = (f"{'row':<17} {'median':>9} {'min':>9} {'unit':<7} {'peak RSS GiB':>12} {'run GiB':>8} "
-            f"{'cuda GiB':>8} {'thr':>3} {'CL':>3} {'cmp':>3} {'load1 (before/after)':>20}")
+    head = (f"{'row':<17} {'impl':<8} {'median':>9} {'min':>9} {'CPU':>9} {'unit':<7} {'GFLOP':>7} {'%mm':>4} "
+            f"{'peak RSS GiB':>12} {'run GiB':>8} {'cuda GiB':>8} {'thr':>3} {'CL':>3} {'cmp':>3} "
+            f"{'cpu%':>5} {'load1 (before/after)':>20}")
     lines = [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
-            lines.append(f"{r['row']:<17} ERROR: {r['error'].strip().splitlines()[-1][:90]}")
+            lines.append(f"{r['row']:<17} {r.get('impl', ''):<8} ERROR: {r['error'].strip().splitlines()[-1][:90]}")
             continue
         cl = 'y' if r.get('channels_last') else ('n' if 'channels_last' in r else '-')
         compiled = 'y' if r.get('compile') else ('n' if 'compile' in r else '-')
         load = f"{r['loadavg_before'][0]:.2f}/{r['loadavg_after'][0]:.2f}"
-        lines.append(f"{r['row']:<17} {r['median']:>9.1f} {r['min']:>9.1f} {r['unit']:<7} "
+        util = f"{100 * r['cpu_utilisation']:.0f}" if 'cpu_utilisation' in r else '-'
+        lines.append(f"{r['row']:<17} {r['impl']:<8} {r['median']:>9.1f} {r['min']:>9.1f} "
+                     f"{_opt(r.get('cpu_median'), '.1f'):>9} {r['unit']:<7} "
+                     f"{_opt(r.get('gflop'), '.0f'):>7} {_opt(r.get('pct_of_matmul'), '.0f'):>4} "
                      f"{_gib(r['peak_rss_process']):>12} {_gib(r['peak_rss_run']):>8} "
-                     f"{_gib(r.get('peak_cuda_allocated')):>8} {r['threads']:>3} {cl:>3} {compiled:>3} {load:>20}")
+                     f"{_gib(r.get('peak_cuda_allocated')):>8} {r['threads']:>3} {cl:>3} {compiled:>3} "
+                     f"{util:>5} {load:>20}")
+    return '\n'.join(lines)
+
+
+def _cpu_ratio(port: Dict, orig: Dict) -> str:
+    if not port.get('cpu_median') or not orig.get('cpu_median'):
+        return '-'
+    return f"{port['cpu_median'] / orig['cpu_median']:.2f}"
+
+
+def format_comparison(records: List[Dict]) -> str:
+    """Port beside original, per port row that has an original row: medians, ratio, % of matmul."""
+    found = {(r['row'], r['impl']): r for r in records if 'error' not in r}
+    head = (f"{'row':<17} {'unit':<7} {'original':>9} {'port':>9} {'ratio':>6} "
+            f"{'orig %mm':>8} {'port %mm':>8} {'CPU ratio':>9}")
+    lines = [head, '-' * len(head)]
+    for (name, impl), port in found.items():
+        orig = found.get((ORIGINAL_ROWS.get(name), 'original'))
+        if impl != 'port' or orig is None:
+            continue
+        lines.append(f"{name:<17} {port['unit']:<7} {orig['median']:>9.1f} {port['median']:>9.1f} "
+                     f"{port['median'] / orig['median']:>6.2f} {_opt(orig.get('pct_of_matmul'), '.0f'):>8} "
+                     f"{_opt(port.get('pct_of_matmul'), '.0f'):>8} {_cpu_ratio(port, orig):>9}")
     return '\n'.join(lines)
 
 
@@ -371,8 +582,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--node_device', default='cpu', help='cpu, cuda or npu (as train.py/eval.py)')
-    p.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS), metavar='ROW',
-                   help=f"rows to run (default: all): {', '.join(ROWS)}")
+    p.add_argument('--rows', nargs='+', default=DEFAULT_ROWS, choices=list(ROWS), metavar='ROW',
+                   help=f"rows to run (default: all but train_demo_fp32): {', '.join(ROWS)}")
     p.add_argument('--json', default=None, help='write the records to this JSON file')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s)')
     p.add_argument('--quick', action='store_true',
@@ -382,12 +593,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--train_repeats', type=int, default=None, help='timed steps per train row (default 3)')
     p.add_argument('--channels_last', default='auto', choices=('auto', 'on', 'off'),
                    help='channels-last convolutions (auto: where measured to help, see yolact.py)')
-    p.add_argument('--compile', action='store_true', help='torch.compile the network of the eval rows')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile the network (eval rows: frozen weights; train rows: forward and backward)')
+    p.add_argument('--compare-original', dest='compare_original', default=None, metavar='DIR',
+                   help='also run each row on the original YOLACT checked out in DIR (dbolya/yolact), '
+                        'interleaved with the port, on the CPU, and print the ratios')
+    p.add_argument('--rounds', type=int, default=1,
+                   help='run every row (and its original) this many times in turn; figures pool all timed calls')
     p.add_argument('--in_process', action='store_true',
                    help='run the rows in this process (peak memory is then shared across rows)')
     p.add_argument('--child', default=None, help=argparse.SUPPRESS)
     p.add_argument('--child_settings', default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument('--child_original', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.compare_original and (args.node_device != 'cpu' or args.in_process):
+        p.error('--compare-original runs on the CPU, one process per row (no --node_device, no --in_process)')
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -411,7 +632,8 @@ def run_in_child(name: str, argv: List[str]) -> Dict:
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith('{'):
             return json.loads(line)
-    return {'row': name, 'error': proc.stderr or proc.stdout or f'exit status {proc.returncode}'}
+    impl = 'original' if '--child_original' in argv else 'port'
+    return {'row': name, 'impl': impl, 'error': proc.stderr or proc.stdout or f'exit status {proc.returncode}'}
 
 
 def main(argv=None) -> int:
@@ -419,19 +641,48 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     s = settings_from(args)
     if args.child:
-        print(json.dumps(run_row(args.child, s)))
+        print(json.dumps(run_row(args.child, s, original=args.child_original)))
         return 0
 
+    from utils.device import describe_cpu, select_device
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = select_device(s.device)
+    machine = describe_cpu() if device.type == 'cpu' else f'{device} ({torch.cuda.get_device_name(device)})'
+    print(machine, flush=True)
+    rates_before = machine_rates(device)
     child_argv = ['--child_settings', json.dumps(asdict(s))]
-
-    records = []
-    for name in args.rows:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        rec = run_row(name, s) if args.in_process else run_in_child(name, child_argv)
-        records.append(rec)
+    runs: Dict[Tuple[str, str], List[Dict]] = {}
+    original_argv = child_argv + ['--child_original', os.path.abspath(args.compare_original or '.')]
+    for _ in range(args.rounds):
+        originals_run = set()  # an original row serves its fp32 and amp port rows: once a round
+        for name in args.rows:
+            jobs = [('port', child_argv)]
+            original_row = ORIGINAL_ROWS.get(name)
+            if args.compare_original and original_row and original_row not in originals_run:
+                originals_run.add(original_row)
+                jobs.append(('original', original_argv))
+            for impl, job_argv in jobs:
+                row = name if impl == 'port' else original_row
+                print(f"running {row} ({impl}) ...", file=sys.stderr, flush=True)
+                rec = run_row(row, s) if args.in_process else run_in_child(row, job_argv)
+                runs.setdefault((row, impl), []).append(rec)
+    rates_after = machine_rates(device)
+    # The rate the rows could have reached under the same load: the mean of before and after.
+    rates = {k: (rates_before[k] + rates_after[k]) / 2 for k in rates_before}
+    records = [merge_rounds(recs) for recs in runs.values()]
+    for rec in records:
+        add_rates(rec, rates)
+    print('matmul 4096x4096 GFLOP/s (before / after the rows): ' + ', '.join(
+        f'{k} {rates_before[k]:.0f} / {rates_after[k]:.0f}' for k in rates))
     print(format_table(records))
+    if args.compare_original:
+        print('\n' + format_comparison(records))
     meta = {'torch': torch.__version__, 'python': platform.python_version(), 'machine': platform.machine(),
-            'cpu_count': os.cpu_count(), 'settings': asdict(s), 'quick': args.quick}
+            'cpu_count': os.cpu_count(), 'device': machine, 'matmul_gflops': rates,
+            'matmul_gflops_before': rates_before, 'matmul_gflops_after': rates_after,
+            'settings': asdict(s), 'quick': args.quick, 'rounds': args.rounds,
+            'compare_original': args.compare_original}
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'meta': meta, 'rows': records}, f, indent=1)

@@ -91,10 +91,14 @@ def test_explicit_amp_dtype_always_wins(native_bf16):
         autocast_dtype(CPU, True, 'int8')
 
 
-def test_channels_last_by_device_precision_and_mode():
+def test_channels_last_by_device_precision_and_mode(monkeypatch):
+    import utils.device
     from utils.device import prefers_channels_last
     assert prefers_channels_last(CPU, amp=False, training=False) is True  # eval: fewer reorders
-    assert prefers_channels_last(CPU, amp=False, training=True) is False  # fp32 training: no gain
+    monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX2')
+    assert prefers_channels_last(CPU, amp=False, training=True) is False  # AVX2: slower backward
+    monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX512')
+    assert prefers_channels_last(CPU, amp=False, training=True) is True  # AVX512/AMX: faster step
     assert prefers_channels_last(CPU, amp=True, training=False) is True
     assert prefers_channels_last(torch.device('cuda', 0), amp=True) is True
     assert prefers_channels_last(torch.device('cuda', 0), amp=False) is False

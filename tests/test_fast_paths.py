@@ -154,6 +154,36 @@ def test_compiled_network_matches_eager():
     assert not any(k.startswith('_orig_mod') for k in net.state_dict())
 
 
+def test_channels_last_training_step_gives_the_plain_losses_and_gradients():
+    """The layout train.py uses on AVX512/AMX CPUs (utils.device.prefers_channels_last): through
+    MultiBoxLoss, the fp32 loss terms and every gradient stay the default layout's."""
+    from parity_fill import make_targets
+    from train import NetLoss, build_criterion
+    net = small_net(train=True)
+    model = NetLoss(net, build_criterion())
+    x = image(2)
+    targets, masks, num_crowds = make_targets(SIZE, SIZE)
+    for t in targets:
+        t[:, 4] %= cfg.num_classes - 1  # parity_fill's COCO class indices, folded into the demo's
+    results = []
+    for channels_last in (False, True):
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        losses = model(x, list(targets), list(masks), list(num_crowds))
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (plain_losses, plain_grads), (losses, grads) = results
+    assert set(plain_losses) >= {'B', 'C', 'M'}
+    assert_close_dicts(losses, plain_losses)
+    assert grads.keys() == plain_grads.keys() and len(grads) > 50
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grads[name], grad, atol=TOL, rtol=0), \
+            f"{name}: max diff {(grads[name] - grad).abs().max().item()}"
+
+
 # ---------------------------------------------------------------- Detect
 
 def plain_fast_nms(boxes, scores, iou_threshold, top_k, max_dets):
