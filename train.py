@@ -468,7 +468,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     state = load_training_state(resume_path) if resume_path is not None else None
     # --seed, else the resumed run's, else a random one: rank 0's on every rank, or the shards would overlap.
     seed = args.seed if args.seed is not None else state['seed'] if state is not None else \
-        broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'), device)
+        broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'))
     seed_everything(seed)
 
     train_set, val_set = build_datasets(seed, need_val)

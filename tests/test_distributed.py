@@ -78,7 +78,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str
         # Each rank gets a different image with the same ground truth (see the test).
         result = _one_step(ddp, net, (images[rank:rank + 1], targets[:1], masks[:1], crowds[:1]))
         # Without --seed every rank uses rank 0's random seed.
-        seed = distributed.broadcast_from_rank0(1000 + rank, CPU)
+        seed = distributed.broadcast_from_rank0(1000 + rank)
         torch.save({'total': result.total, 'seed': seed, 'state': net.state_dict() if rank == 0 else None},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:

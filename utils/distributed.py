@@ -109,17 +109,9 @@ def all_ranks_agree(flag: bool, device: torch.device, want_all: bool = True) -> 
     return bool(t.item())
 
 
-def broadcast_from_rank0(value: int, device: torch.device) -> int:
-    """Rank 0's `value` on every process (the value itself without a process group)."""
-    if not _in_group():
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.broadcast(t, src=0)
-    return int(t.item())
-
-
-def broadcast_object_from_rank0(obj: Any) -> Any:
-    """Rank 0's picklable `obj` on every process (e.g. the checkpoint rank 0 chose)."""
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's picklable `obj` on every process (e.g. the seed, or the checkpoint rank 0 chose);
+    `obj` itself without a process group."""
     if not _in_group():
         return obj
     box = [obj]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.distributed import DistInfo, broadcast_object_from_rank0, gather_flags
+from utils.distributed import DistInfo, broadcast_from_rank0, gather_flags
 from utils.functions import SavePath
 
 STATE_FORMAT = 1
@@ -203,7 +203,7 @@ def agree_on_resume(resume: Optional[str], save_folder: str, config: str, info: 
             choice = (resolve_resume(resume, save_folder, config), None)
         except FileNotFoundError as err:
             choice = (None, str(err))
-    path, error = broadcast_object_from_rank0(choice)
+    path, error = broadcast_from_rank0(choice)
     if error is not None:
         raise FileNotFoundError(error)
     if path is not None:
