@@ -246,15 +246,9 @@ _yl_check_nodes() {
 # launcher: torchrun for this node's RANK_SIZE ($1) processes, static or elastic rendezvous.
 _yl_torchrun_launcher() {
     launcher=("${YL_PYTHON}" -u -m torch.distributed.run --nnodes="${NNODES:-1}" --nproc_per_node="$1")
-    local endpoint="${RDZV_ENDPOINT:-}"
-    if [ "${MAX_RESTARTS:-0}" != 0 ]; then
-        launcher+=(--max-restarts="${MAX_RESTARTS}")
-        # Restarts need the c10d rendezvous: the static one keeps its store, and restarted workers
-        # would find the dead ones' addresses there.
-        [ -z "${endpoint}" ] && [ -n "${MASTER_PORT:-}" ] && endpoint="${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT}"
-    fi
-    if [ -n "${endpoint}" ]; then
-        launcher+=(--rdzv_backend=c10d --rdzv_endpoint="${endpoint}" --rdzv_id="${RDZV_ID:-yolact}")
+    [ "${MAX_RESTARTS:-0}" != 0 ] && launcher+=(--max-restarts="${MAX_RESTARTS}")
+    if [ -n "${RDZV_ENDPOINT:-}" ]; then
+        launcher+=(--rdzv_backend=c10d --rdzv_endpoint="${RDZV_ENDPOINT}" --rdzv_id="${RDZV_ID:-yolact}")
     elif [ "${YL_MAX_NODES}" -gt 1 ] || [ -n "${MASTER_PORT:-}" ]; then
         launcher+=(--node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
                    --master_port="${MASTER_PORT:-29500}")
