@@ -205,11 +205,13 @@ class ResNetBackbone(nn.Module):
         dcn_interval: of those, only every `dcn_interval`-th block (counted from the stage start).
         atrous_layers: stage indices that dilate instead of striding.
         block: Bottleneck (ResNet-50/101) or BasicBlock (ResNet-18/34).
+        width: channels of the stem and the first stage (the later stages double it); 64 is the
+            standard ResNet and the only width pretrained weights exist for.
     """
 
     def __init__(self, layers: Sequence[int], dcn_layers: Sequence[int] = (0, 0, 0, 0),
                  dcn_interval: int = 1, atrous_layers: Sequence[int] = (), block=Bottleneck,
-                 norm_layer=nn.BatchNorm2d):
+                 width: int = 64, norm_layer=nn.BatchNorm2d):
         super().__init__()
         self.num_base_layers = len(layers)
         self.layers = nn.ModuleList()
@@ -218,14 +220,14 @@ class ResNetBackbone(nn.Module):
         self.dilation = 1
         self.atrous_layers = list(atrous_layers)
         self.block = block
-        self.inplanes = 64
+        self.inplanes = width
 
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_layer(64)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for stage, (planes, blocks) in enumerate(zip((width, 2 * width, 4 * width, 8 * width), layers)):
             self._make_layer(block, planes, blocks, stride=1 if stage == 0 else 2,
                              dcn_layers=dcn_layers[stage], dcn_interval=dcn_interval)
         # Convs that init_weights must leave alone (they come pretrained).

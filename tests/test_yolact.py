@@ -127,6 +127,20 @@ def test_init_backbone_from_torchvision_state_dict(tmp_path):
     assert torch.equal(backbone.bn1.running_var, tv.bn1.running_var)
 
 
+def test_resnet_width_scales_every_stage():
+    """width=32 halves the stem and every stage; the default is the standard (torchvision) ResNet-18."""
+    from backbone import BasicBlock
+    standard = ResNetBackbone([2, 2, 2, 2], block=BasicBlock)
+    tv = torchvision.models.resnet18().state_dict()
+    assert standard.channels == [64, 128, 256, 512] and standard.conv1.weight.shape == tv['conv1.weight'].shape
+    half = ResNetBackbone([2, 2, 2, 2], block=BasicBlock, width=32)
+    assert half.channels == [32, 64, 128, 256]
+    assert half.conv1.weight.shape == (32, 3, 7, 7)
+    assert half.layers[3][0].conv2.weight.shape == (256, 256, 3, 3)
+    outs = half(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64, 128, 256] and outs[-1].shape[-1] == 2
+
+
 def test_init_backbone_rejects_a_foreign_file(tmp_path):
     path = str(tmp_path / 'other.pth')
     torch.save({'foo.weight': torch.ones(2)}, path)
