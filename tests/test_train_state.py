@@ -6,7 +6,7 @@ import torch
 from utils.checkpoint import CheckpointError, load_file, save_file
 from utils.distributed import DistInfo
 from utils.train_state import (agree_on_resume, load_training_state, make_training_state, resolve_resume,
-                               restore_training_state, state_path, write_checkpoint)
+                               restore_training_state, rng_states, state_path, write_checkpoint)
 
 CPU = torch.device('cpu')
 
@@ -59,6 +59,33 @@ def test_state_is_checked_against_the_checkpoint_name_and_restores_the_rngs(tmp_
     write_checkpoint(_Net(), other, _state(4))
     with pytest.raises(CheckpointError, match='is for iteration 4'):
         load_training_state(other)
+
+
+def test_each_rank_resumes_its_own_rng_stream(tmp_path):
+    """The loss draws random numbers on every rank (mask subsampling): a resume with the same world
+    size gives each rank the stream it had; another world size starts every rank from rank 0's."""
+    streams = []
+    for seed in (1, 2):  # rank 0 and rank 1 at checkpoint time
+        torch.manual_seed(seed)
+        streams.append(rng_states(CPU))
+    expected = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected.append(torch.rand(3))
+    optimizer = torch.optim.SGD(_Net().parameters(), lr=0.1)
+    sched = type('Sched', (), {'lr_steps': [5]})()
+    torch.manual_seed(1)  # rank 0 writes the state: its own stream is 'rng'
+    written = make_training_state(4, 0, optimizer, 1e-3, 7, sched, CPU, rank_rngs=streams)
+    weights = str(tmp_path / 'tiny_0_4.pth')
+    write_checkpoint(_Net(), weights, written)
+    state = load_training_state(weights)
+    for rank in (0, 1):
+        torch.manual_seed(99)
+        restore_training_state(weights, state, optimizer, None, CPU, rank=rank, world_size=2)
+        assert torch.equal(torch.rand(3), expected[rank])
+    torch.manual_seed(99)
+    restore_training_state(weights, state, optimizer, None, CPU, rank=1, world_size=3)
+    assert torch.equal(torch.rand(3), expected[0])
 
 
 def test_resolve_resume_latest_interrupt_and_paths(tmp_path):

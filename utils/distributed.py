@@ -119,6 +119,15 @@ def broadcast_from_rank0(obj: Any) -> Any:
     return box[0]
 
 
+def all_gather(obj: Any) -> List[Any]:
+    """Every rank's picklable `obj`, indexed by rank ([obj] without a process group)."""
+    if not _in_group():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def gather_flags(flag: bool, device: torch.device) -> List[bool]:
     """Every rank's `flag`, indexed by rank (just [flag] without a process group)."""
     if not _in_group():

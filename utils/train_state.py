@@ -9,7 +9,7 @@ weights last, each atomically: a weights file on disk marks a complete checkpoin
 import os
 import random
 import zipfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_states(device: torch.device) -> Dict[str, Any]:
+def rng_states(device: torch.device) -> Dict[str, Any]:
+    """This process's torch / numpy / python (and CUDA) RNG states, as a training state stores them."""
     np_state = np.random.get_state()
     states: Dict[str, Any] = {
         'torch': torch.get_rng_state(),
@@ -64,8 +65,11 @@ def _set_rng_states(states: Dict[str, Any], device: torch.device) -> None:
 
 def make_training_state(iteration: int, epoch: int, optimizer: torch.optim.Optimizer, lr: float,
                         seed: int, sched: Any, device: torch.device, scaler=None,
-                        nonfinite_total: int = 0, config: str = '') -> Dict[str, Any]:
-    """Everything besides the weights that an exact resume needs (`sched`: train.Schedule)."""
+                        nonfinite_total: int = 0, config: str = '',
+                        rank_rngs: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Everything besides the weights that an exact resume needs (`sched`: train.Schedule).
+    `rank_rngs`: every rank's rng_states (by rank) in a multi-process run: the loss draws random
+    numbers (mask subsampling) on each rank, so each rank resumes its own stream."""
     return {
         'format': STATE_FORMAT,
         'config': config,
@@ -75,7 +79,8 @@ def make_training_state(iteration: int, epoch: int, optimizer: torch.optim.Optim
         'lr': lr,
         'lr_steps_done': sum(1 for s in sched.lr_steps if iteration >= s),
         'seed': seed,
-        'rng': _rng_states(device),
+        'rng': rng_states(device),
+        'rank_rngs': rank_rngs,
         'scaler': scaler.state_dict() if scaler is not None else None,
         'nonfinite_total': nonfinite_total,
     }
@@ -105,8 +110,8 @@ def load_training_state(weights_path: str) -> Optional[Dict[str, Any]]:
 
 
 def restore_training_state(weights_path: str, state: Optional[Dict[str, Any]], optimizer: torch.optim.Optimizer,
-                           scaler, device: torch.device, say: Optional[Callable[[str], None]] = None
-                           ) -> Tuple[int, int]:
+                           scaler, device: torch.device, say: Optional[Callable[[str], None]] = None,
+                           rank: int = 0, world_size: int = 1) -> Tuple[int, int]:
     """Put the optimizer, AMP scaler and RNGs back where `state` (the file beside `weights_path`)
     recorded them; returns (iteration, non-finite losses so far) to continue from. Without a
     state (weights only, e.g. the original's checkpoints) the iteration comes from the file name."""
@@ -117,7 +122,9 @@ def restore_training_state(weights_path: str, state: Optional[Dict[str, Any]], o
     optimizer.load_state_dict(state['optimizer'])
     if scaler is not None and state.get('scaler'):
         scaler.load_state_dict(state['scaler'])
-    _set_rng_states(state['rng'], device)
+    rank_rngs = state.get('rank_rngs')
+    # The same world size resumes each rank's own RNG streams; another one starts them all from rank 0's.
+    _set_rng_states(rank_rngs[rank] if rank_rngs and len(rank_rngs) == world_size else state['rng'], device)
     return state['iteration'], state.get('nonfinite_total', 0)
 
 
