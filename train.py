@@ -35,14 +35,15 @@ from utils.checkpoint import CheckpointError
 from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
 from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type, grad_scaler,
                           prefers_channels_last, select_device, synchronize)
-from utils.distributed import (DistInfo, all_ranks_agree, barrier, broadcast_from_rank0, dist_info_from_env,
-                               init_distributed, restart_count, shutdown, wrap_ddp)
+from utils.distributed import (DistInfo, all_gather, all_ranks_agree, barrier, broadcast_from_rank0,
+                               dist_info_from_env, init_distributed, restart_count, shutdown, wrap_ddp)
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
 from utils.signals import StopRequest
 from utils.train_state import (CheckpointWriteError, agree_on_resume, load_training_state,
-                               make_training_state, restore_training_state, seed_everything, write_checkpoint)
+                               make_training_state, restore_training_state, rng_states, seed_everything,
+                               write_checkpoint)
 from yolact import Yolact
 
 # The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
@@ -294,7 +295,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
 def init_weights(net: Yolact, save_folder: str) -> Optional[str]:
     """Pretrained backbone from <save_folder>/ or weights/ if present, else training from scratch.
     Returns the backbone file used, or None."""
-    found = [p for p in (os.path.join(f, cfg.backbone.path) for f in (save_folder, 'weights')) if os.path.isfile(p)]
+    path = cfg.backbone.path  # None: no pretrained weights exist for this backbone
+    found = [p for p in (os.path.join(f, path) for f in (save_folder, 'weights') if path) if os.path.isfile(p)]
     net.init_weights(backbone_path=found[0] if found else None)
     return found[0] if found else None
 
@@ -334,11 +336,14 @@ class Trainer:
     def save(self, epoch: int, interrupt: bool = False) -> Optional[str]:
         """Rank 0 writes the checkpoint; every rank learns whether it worked (no one trains on alone)."""
         path, error = None, None
+        # Every rank takes part; only rank 0 keeps the list.
+        rank_rngs = all_gather(rng_states(self.device)) if self.info.distributed else None
         if self.info.is_main:
             path = SavePath(cfg.name, epoch, f'{self.iteration}{"_interrupt" if interrupt else ""}'
                             ).get_path(root=self.args.save_folder)
             state = make_training_state(self.iteration, epoch, self.optimizer, self.lr, self.seed, self.sched,
-                                        self.device, self.scaler, self.nonfinite_total, config=cfg.name)
+                                        self.device, self.scaler, self.nonfinite_total, config=cfg.name,
+                                        rank_rngs=rank_rngs)
             try:
                 write_checkpoint(self.net, path, state, self.args.keep_latest, self.args.keep_latest_interval)
             except CheckpointWriteError as err:
@@ -486,9 +491,13 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         if info.is_main:
             if args.resume == 'auto':
                 print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}: a new run.')
-            print(f'Initialized the backbone from {backbone}.' if backbone else
-                  f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
-                  f'training from scratch.')
+            if backbone:
+                print(f'Initialized the backbone from {backbone}.')
+            elif cfg.backbone.path:
+                print(f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
+                      f'training from scratch.')
+            else:
+                print(f'{cfg.backbone.name} has no pretrained weights: training from scratch.')
     net.train()
     net.to(device)
 
@@ -502,7 +511,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     iteration, nonfinite_total = 0, 0
     if resume_path is not None:
         iteration, nonfinite_total = restore_training_state(resume_path, state, sched_optimizer, scaler, device,
-                                                            say=print if info.is_main else None)
+                                                            say=print if info.is_main else None,
+                                                            rank=info.rank, world_size=info.world_size)
     if args.start_iter != -1:
         iteration = args.start_iter
 

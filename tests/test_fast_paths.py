@@ -27,7 +27,7 @@ def restore_cfg():
 
 
 def small_net(train: bool = False, blocks_per_stage: int = 2) -> Yolact:
-    """The synthetic demo config (ResNet-18, narrow FPN) at 128 px with seeded weights;
+    """The synthetic demo config (half-width ResNet-18, narrow FPN) at 128 px with seeded weights;
     `blocks_per_stage=1` makes its backbone a ResNet-10 (half the layers to compile).
 
     Its 7 classes put softmax scores near 1/7, above Detect's 0.05 threshold, so Detect has work.

@@ -327,6 +327,9 @@ def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
     (tmp_path / cfg.backbone.path).write_bytes(b'weights')
     path = os.path.join(str(tmp_path), cfg.backbone.path)
     assert train.init_weights(net, str(tmp_path)) == path and seen[-1] == path
+    # A backbone without published weights (the demo's half-width ResNet-18) has no file to look for.
+    cfg.backbone = cfg.backbone.copy({'path': None})
+    assert train.init_weights(net, str(tmp_path)) is None and seen[-1] is None
 
 
 def test_same_seed_gives_identical_losses(tiny, tmp_path):
