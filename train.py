@@ -469,7 +469,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
             check_writable_folder(args.log_folder, '--log_folder')
 
     init_distributed(info, device)
-    resume_path = agree_on_resume(args.resume, args.save_folder, cfg.name, info, device)
+    resume_path = agree_on_resume(args.resume, args.save_folder, cfg.name, info)
     state = load_training_state(resume_path) if resume_path is not None else None
     # --seed, else the resumed run's, else a random one: rank 0's on every rank, or the shards would overlap.
     seed = args.seed if args.seed is not None else state['seed'] if state is not None else \

@@ -153,7 +153,7 @@ def _agree_on_resume_worker(rank: int, world: int, port: int, node_dirs: list, o
     info = distributed.DistInfo(rank, world, rank)
     distributed.init_distributed(info, CPU)
     try:
-        agree_on_resume('latest', 'weights', 'tiny', info, CPU)
+        agree_on_resume('latest', 'weights', 'tiny', info)
         outcome = 'resumed'
     except FileNotFoundError as err:
         outcome = str(err)

@@ -118,8 +118,8 @@ def test_resume_auto_takes_the_newest_complete_checkpoint_or_starts_fresh(tmp_pa
 
 def test_one_process_agrees_with_itself_and_reports_rank_0_errors(tmp_path):
     info = DistInfo(0, 1, 0)
-    assert agree_on_resume('auto', str(tmp_path), 'tiny', info, CPU) is None
+    assert agree_on_resume('auto', str(tmp_path), 'tiny', info) is None
     write_checkpoint(_Net(), str(tmp_path / 'tiny_0_2.pth'), _state(2))
-    assert agree_on_resume('latest', str(tmp_path), 'tiny', info, CPU) == str(tmp_path / 'tiny_0_2.pth')
+    assert agree_on_resume('latest', str(tmp_path), 'tiny', info) == str(tmp_path / 'tiny_0_2.pth')
     with pytest.raises(FileNotFoundError, match='no \\*_interrupt.pth'):
-        agree_on_resume('interrupt', str(tmp_path), 'tiny', info, CPU)
+        agree_on_resume('interrupt', str(tmp_path), 'tiny', info)

@@ -128,16 +128,6 @@ def all_gather(obj: Any) -> List[Any]:
     return out
 
 
-def gather_flags(flag: bool, device: torch.device) -> List[bool]:
-    """Every rank's `flag`, indexed by rank (just [flag] without a process group)."""
-    if not _in_group():
-        return [flag]
-    t = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=device)
-    t[dist.get_rank()] = int(bool(flag))
-    dist.all_reduce(t)
-    return [bool(v) for v in t.tolist()]
-
-
 def wrap_ddp(module: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
     """DistributedDataParallel around `module` when there are several processes, else `module`."""
     if not info.distributed:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.distributed import DistInfo, broadcast_from_rank0, gather_flags
+from utils.distributed import DistInfo, all_gather, broadcast_from_rank0
 from utils.functions import SavePath
 
 STATE_FORMAT = 1
@@ -199,8 +199,7 @@ def resolve_resume(resume: Optional[str], save_folder: str, config: str) -> Opti
     return resume
 
 
-def agree_on_resume(resume: Optional[str], save_folder: str, config: str, info: DistInfo,
-                    device: torch.device) -> Optional[str]:
+def agree_on_resume(resume: Optional[str], save_folder: str, config: str, info: DistInfo) -> Optional[str]:
     """The checkpoint every process resumes from: rank 0 resolves --resume, and each rank must see
     that file itself (on several nodes --save_folder has to be a shared folder); else one error on
     every rank, rather than ranks that start from different weights."""
@@ -214,7 +213,7 @@ def agree_on_resume(resume: Optional[str], save_folder: str, config: str, info: 
     if error is not None:
         raise FileNotFoundError(error)
     if path is not None:
-        missing = [rank for rank, seen in enumerate(gather_flags(os.path.isfile(path), device)) if not seen]
+        missing = [rank for rank, seen in enumerate(all_gather(os.path.isfile(path))) if not seen]
         if missing:
             raise FileNotFoundError(f"rank(s) {', '.join(map(str, missing))} cannot see {path}, the checkpoint "
                                     f"rank 0 resumes from: --save_folder must be one folder shared by all nodes")
