@@ -21,18 +21,21 @@ from utils.checkpoint import CheckpointError, load_state_dict_file, save_file
 from utils.device import prefers_channels_last  # noqa: F401  (re-exported: it used to live here)
 
 
-def make_net(in_channels: int, layer_cfgs: Sequence[tuple], include_last_relu: bool = True
-             ) -> Tuple[nn.Sequential, int]:
+def make_net(in_channels: int, layer_cfgs: Sequence[tuple], include_last_relu: bool = True,
+             norm_groups: int = 0) -> Tuple[nn.Sequential, int]:
     """Build a conv stack from the config's layer list; returns (network, out_channels).
 
     Each entry is (channels, kernel_size, kwargs): a conv for kernel_size > 0, a transposed conv
     for kernel_size < 0, and a bilinear upsampling by -kernel_size when channels is None. Every
     layer is followed by a ReLU (also the upsampling, which keeps the original's module indices).
+    norm_groups > 0 puts a GroupNorm between each conv and its ReLU (not after a last conv without ReLU).
     """
     modules: List[nn.Module] = []
-    for num_channels, kernel_size, kwargs in layer_cfgs:
+    for i, (num_channels, kernel_size, kwargs) in enumerate(layer_cfgs):
         if kernel_size > 0:
             modules.append(nn.Conv2d(in_channels, num_channels, kernel_size, **kwargs))
+            if norm_groups > 0 and (include_last_relu or i < len(layer_cfgs) - 1):
+                modules.append(nn.GroupNorm(norm_groups, num_channels))
         elif num_channels is None:
             modules.append(InterpolateModule(scale_factor=-kernel_size, mode='bilinear',
                                              align_corners=False, **kwargs))
@@ -105,7 +108,8 @@ class PredictionModule(nn.Module):
             if cfg.extra_head_net is None:
                 out_channels = in_channels
             else:
-                self.upfeature, out_channels = make_net(in_channels, cfg.extra_head_net)
+                self.upfeature, out_channels = make_net(in_channels, cfg.extra_head_net,
+                                                        norm_groups=cfg.head_norm_groups)
             self.bbox_layer = nn.Conv2d(out_channels, self.num_priors * 4, **cfg.head_layer_params)
             self.conf_layer = nn.Conv2d(out_channels, self.num_priors * self.num_classes,
                                         **cfg.head_layer_params)
@@ -116,10 +120,10 @@ class PredictionModule(nn.Module):
 
     @staticmethod
     def _make_extra(channels: int, num_layers: int) -> nn.Module:
-        layers: List[nn.Module] = []
-        for _ in range(num_layers):
-            layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-        return nn.Sequential(*layers) if layers else nn.Identity()
+        if num_layers == 0:
+            return nn.Identity()
+        return make_net(channels, [(channels, 3, {'padding': 1})] * num_layers,
+                        norm_groups=cfg.head_norm_groups)[0]
 
     def priors(self, conv_h: int, conv_w: int, device: torch.device) -> torch.Tensor:
         """Anchors for a conv_h x conv_w feature map (Yolact caches them per input size)."""
@@ -245,7 +249,8 @@ class Yolact(nn.Module):
             proto_in = cfg.fpn.num_features
         else:
             proto_in = self.backbone.channels[self.proto_src]
-        self.proto_net, cfg.mask_dim = make_net(proto_in, cfg.mask_proto_net, include_last_relu=False)
+        self.proto_net, cfg.mask_dim = make_net(proto_in, cfg.mask_proto_net, include_last_relu=False,
+                                                norm_groups=cfg.head_norm_groups)
         if cfg.mask_proto_bias:
             cfg.mask_dim += 1
 

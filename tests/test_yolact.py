@@ -141,6 +141,34 @@ def test_resnet_width_scales_every_stage():
     assert [o.shape[1] for o in outs] == [32, 64, 128, 256] and outs[-1].shape[-1] == 2
 
 
+def test_head_norm_groups_normalises_the_heads_and_protonet():
+    """head_norm_groups puts a GroupNorm after each conv of the heads and the protonet, but not after
+    the last protonet conv (its output are the prototypes); the outputs keep their shapes."""
+    set_cfg('yolact_resnet18_synthetic_config')
+    cfg.head_norm_groups = 0
+    plain = yolact.Yolact()
+    x = torch.randn(2, 3, 96, 96)
+    plain_out = plain.train()(x)
+    assert not [m for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)]
+    cfg.head_norm_groups = 4
+    net = yolact.Yolact()
+    norms = lambda m: [n for n in m.modules() if isinstance(n, torch.nn.GroupNorm)]
+    convs = lambda m: [n for n in m.modules() if isinstance(n, torch.nn.Conv2d)]
+    assert len(norms(net.proto_net)) == len(convs(net.proto_net)) - 1
+    assert isinstance(list(net.proto_net)[-1], torch.nn.Conv2d)
+    head = net.prediction_layers[0]
+    assert len(norms(head.upfeature)) == len(convs(head.upfeature)) == 1
+    assert len(norms(head.conf_extra)) == 1 and isinstance(head.bbox_extra, torch.nn.Identity)
+    assert all(n.num_groups == 4 for n in norms(net))
+    out = net.train()(x)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in plain_out.items()}
+    # Conv then GroupNorm (default affine 1, 0): each (image, group) comes out standardised.
+    level = torch.randn(2, cfg.fpn.num_features, 12, 12)
+    groups = net.proto_net[:2](level).reshape(2, 4, -1)
+    assert torch.allclose(groups.mean(-1), torch.zeros(2, 4), atol=1e-4)
+    assert torch.allclose(groups.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-2)
+
+
 def test_init_backbone_rejects_a_foreign_file(tmp_path):
     path = str(tmp_path / 'other.pth')
     torch.save({'foo.weight': torch.ones(2)}, path)
