@@ -5,7 +5,7 @@
 # Running it again reuses the environment, the dataset, a finished training run and its outputs.
 #
 # Knobs (environment variables):
-#   DEMO_ITERS     training iterations (default: the config's, 1800)  DEMO_BATCH  batch size (8)
+#   DEMO_ITERS     training iterations (default: the config's, 2000)  DEMO_BATCH  batch size (8)
 #   DEMO_TRAIN     synthetic training images (2000)       DEMO_VAL     validation images (200)
 #   DEMO_DATA      dataset folder (data/synthetic)        DEMO_OUT     output folder (demo_output)
 #   DEMO_WORKERS   data loading processes (2)             DEMO_VAL_EPOCHS  epochs between validations (3)
