@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd.graph import increment_version
 import torch.nn as nn
 import torch.utils.data as torch_data
 
@@ -256,11 +257,25 @@ def build_criterion() -> MultiBoxLoss:
                         neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
 
 
+class FusedAdamW(torch.optim.AdamW):
+    """AdamW with the fused kernel: one pass over all parameters (the demo's step on two AVX2 cores:
+    0.38 -> 0.35 s). The kernel (torch 2.14) does not bump the parameters' version counters, and a
+    channels-last bf16 model then validated on stale weights, so step() bumps them itself."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, fused=True, **kwargs)
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        increment_version([p for group in self.param_groups for p in group['params'] if p.grad is not None])
+        return loss
+
+
 def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
     """SGD as the original (cfg.optimizer 'sgd'), or AdamW ('adamw', for training from scratch)."""
     if cfg.optimizer == 'adamw':
-        # Not fused=True: the fused kernel (torch 2.14) updates parameters without bumping their
-        # version counter, and a channels-last bf16 model then validated with stale weights.
+        if next(net.parameters()).device.type in ('cpu', 'cuda'):  # torch_npu has no fused AdamW
+            return FusedAdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
         return torch.optim.AdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
     if cfg.optimizer != 'sgd':
         raise ConfigError(f"config option optimizer = {cfg.optimizer!r}: expected 'sgd' or 'adamw'")

@@ -398,6 +398,7 @@ def test_optimizer_choice_from_config(monkeypatch):
     monkeypatch.setattr(cfg, 'optimizer', 'adamw')
     opt = train.build_optimizer(net, sched)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]['weight_decay'] == 5e-4
+    assert opt.defaults['fused']  # one kernel on the CPU instead of a per-tensor loop
     # A step must bump the parameters' version counters: caches keyed on them (the weights of a
     # channels-last model under autocast) would otherwise keep serving the old weights.
     net(torch.ones(1, 2)).sum().backward()
