@@ -664,8 +664,8 @@ def set_dataset(dataset_name: str) -> None:
 #   positive anchors per object instead of one or two, many more learning signals per image;
 # - FPN, heads and protonet 32 wide, 16 prototypes: fewer FLOPs per step than 64 wide, slower to
 #   learn per step but ahead for the same time;
-# - 2000 iterations: what two AVX2 cores run in about 13 minutes (0.35 s per batch of 8, measured); batch 6
-#   for more steps of fewer images did not do better;
+# - 2000 iterations: what two AVX2 cores run in about 13 minutes (0.35 s per batch of 8, measured);
+#   batch 6 for more steps of fewer images did not do better;
 # - the class head is what lags (class-agnostic box AP is ~6 points above the class-aware one):
 #   one more 3x3 conv in its branch, 3x its loss weight, and 3x the weight of the semantic
 #   segmentation loss, which teaches the P3 features the classes per pixel (49.4 / 49.5 -> 51.3 / 51.0);
