@@ -421,16 +421,29 @@ class Yolact(nn.Module):
         freeze: let Inductor treat the weights as constants in inference (calls without grad):
             batch norm folded into the convolutions, weights pre-packed and, under autocast,
             pre-cast. `load_weights` compiles again so new weights are picked up; after changing
-            weights any other way, call this again. Training calls (with grad) are not frozen.
+            weights any other way, call this again (either resets torch.compile's caches).
+            Training calls (with grad) are not frozen.
         compile_kwargs: passed to torch.compile (mode, dynamic, backend, options, ...).
         """
-        options = dict(compile_kwargs.pop('options', None) or {})
-        if freeze and compile_kwargs.get('backend', 'inductor') == 'inductor':
-            options.setdefault('freezing', True)
-        if options:
-            compile_kwargs['options'] = options
+        if self._compiled_network is not None:
+            # A new torch.compile of the same code would reuse the cached graphs, and a frozen
+            # graph holds the weights it was traced with (in-place loads keep the tensors it
+            # guards on). This clears every compiled graph of the process, not only this net's.
+            torch.compiler.reset()
         self._compile_args = dict(compile_kwargs, freeze=freeze)
-        self._compiled_network = torch.compile(self.network, **compile_kwargs)
+        compiled = torch.compile(self.network, **compile_kwargs)
+        if not (freeze and compile_kwargs.get('backend', 'inductor') == 'inductor'):
+            self._compiled_network = compiled
+            return
+
+        def frozen_when_no_grad(x: torch.Tensor) -> Dict[str, torch.Tensor]:
+            # Dynamo reads this setting while it traces a call (passing it through torch.compile's
+            # options reaches only Inductor, too late: the weights were already graph inputs and
+            # nothing was folded or packed). Both apply it only to calls without grad.
+            with torch._inductor.config.patch(freezing=True):
+                return compiled(x)
+
+        self._compiled_network = frozen_when_no_grad
 
     def priors(self, level_sizes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
         """All anchors (Tensor[P, 4], cx cy w h) for the given FPN level sizes, cached."""

@@ -13,7 +13,8 @@ from torchvision.ops import box_iou
 from data.config import cfg, set_cfg
 from layers.box_utils import crop, jaccard, sanitize_coordinates
 from layers.functions import Detect
-from layers.output_utils import postprocess
+from layers import output_utils
+from layers.output_utils import postprocess, upsample_binary_masks
 from yolact import Yolact, prefers_channels_last
 
 TOL = 1e-4
@@ -138,7 +139,10 @@ def test_prefers_channels_last_is_a_plain_decision():
     assert prefers_channels_last(torch.device('cuda'), True) is True
 
 
-def test_compiled_network_matches_eager():
+def test_compiled_network_matches_eager(tmp_path):
+    """Frozen inference compile: same outputs as eager, the weights really frozen (folded and
+    pre-packed into oneDNN convolutions, which a plain compile does not call), and new weights
+    loaded through load_weights are used."""
     net = small_net(blocks_per_stage=1)  # Inductor's compile time grows with the layers
     x = image()
     with torch.no_grad():
@@ -146,12 +150,24 @@ def test_compiled_network_matches_eager():
         want = net(x)
     net.compile_network()
     with torch.no_grad():
-        got = net(x)
+        got = net(x)  # compiles
+    with torch.no_grad(), torch.profiler.profile() as prof:
         got_raw = net._compiled_network(x)
     assert_close_dicts(got_raw, want_raw)
     assert_same_detections(got, want)
+    ops = {event.name for event in prof.events()}
+    assert 'mkldnn::_convolution_pointwise' in ops and 'aten::convolution' not in ops
     # Compiling keeps the module's own weights and names.
     assert not any(k.startswith('_orig_mod') for k in net.state_dict())
+
+    other = {k: v * 1.5 if k.endswith('.weight') else v for k, v in net.state_dict().items()}
+    torch.save(other, tmp_path / 'other.pth')
+    net.load_weights(str(tmp_path / 'other.pth'))
+    with torch.no_grad():
+        want_other = net.network(x)
+        got_other = net._compiled_network(x)
+    assert not torch.allclose(want_other['loc'], want_raw['loc'])
+    assert_close_dicts(got_other, want_other)
 
 
 def test_channels_last_training_step_gives_the_plain_losses_and_gradients():
@@ -291,6 +307,36 @@ def test_postprocess_equals_per_mask_upsampling():
         one = F.interpolate(soft[None, None, :, :, n], (70, 90), mode='bilinear', align_corners=False)[0, 0]
         assert torch.equal(masks[n], (one > 0.5).float())
     assert torch.equal(classes, det['class']) and torch.equal(scores, det['score'])
+
+
+@pytest.mark.parametrize('size', [(70, 90), (550, 550), (25, 30)])
+def test_windowed_mask_upsampling_equals_full_interpolation(size, monkeypatch):
+    """Cropped masks are upsampled window by window: bit for bit F.interpolate then > 0.5, for
+    enlarging and shrinking, masks at the border, a one-pixel box and an all-zero mask."""
+    h, w = size
+    gen = torch.Generator().manual_seed(3)
+    soft = torch.rand(34, 40, 9, generator=gen)
+    xy = torch.rand(9, 2, generator=gen) * 0.7
+    boxes = torch.cat((xy, xy + 0.02 + 0.25 * torch.rand(9, 2, generator=gen)), dim=1)
+    boxes[0] = torch.tensor([0.0, 0.0, 0.2, 0.3])   # top-left border
+    boxes[1] = torch.tensor([0.8, 0.7, 1.0, 1.0])   # bottom-right border
+    boxes[2] = torch.tensor([0.5, 0.5, 0.5, 0.5])   # one source pixel (crop pads by 1)
+    masks = crop(soft, boxes).permute(2, 0, 1).contiguous()
+    masks[3] = 0
+    want = (F.interpolate(masks[None], (h, w), mode='bilinear', align_corners=False)[0] > 0.5).float()
+    monkeypatch.setattr(output_utils, 'F', None)  # the window path must not need F.interpolate
+    got = upsample_binary_masks(masks, h, w)
+    assert got.dtype == torch.float32 and got.shape == (9, h, w)
+    assert torch.equal(got, want)
+    assert got[3].sum() == 0 and got[0].sum() > 0
+
+
+def test_mask_upsampling_of_uncropped_masks_interpolates_everything():
+    masks = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(4))
+    want = (F.interpolate(masks[None], (50, 60), mode='bilinear', align_corners=False)[0] > 0.5).float()
+    assert torch.equal(upsample_binary_masks(masks, 50, 60), want)
+    nearest = (F.interpolate(masks[None], (50, 60), mode='nearest')[0] > 0.5).float()
+    assert torch.equal(upsample_binary_masks(masks, 50, 60, mode='nearest'), nearest)
 
 
 def test_folded_frozen_batchnorm_matches_the_plain_path(monkeypatch):
