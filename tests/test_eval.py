@@ -19,6 +19,7 @@ from utils.augmentations import BaseTransform
 from utils.coco_results import (CocoEvalBackendError, CocoResults, box_to_xywh, category_ids,
                                 check_coco_eval_backend, encode_masks, evaluate_results, format_map_table,
                                 parse_map_table)
+from yolact import Yolact
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
@@ -424,6 +425,9 @@ def test_cli_evaluates_a_synthetic_checkpoint(tiny, tmp_path, synthetic_root, mo
     assert len(json.loads(bbox_file.read_text())) > 0
 
     register(monkeypatch, tiny_config(conf_thresh=1.0))  # nothing scores above 1
-    rc, out, err = _run_main(argv, capsys)
+    compiled = []  # --compile hands the loaded network to Yolact.compile_network (tested on its own)
+    monkeypatch.setattr(Yolact, 'compile_network', lambda net, **kwargs: compiled.append(net.training))
+    rc, out, err = _run_main(argv + ['--compile'], capsys)
     assert rc == 0, err
     assert parse_map_table(out)['mask']['all'] == 0.0
+    assert compiled == [False]
