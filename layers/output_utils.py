@@ -64,11 +64,12 @@ def upsample_binary_masks(masks: Tensor, h: int, w: int, mode: str = 'bilinear',
     the network.
     """
     if mode == 'bilinear' and masks.device.type == 'cpu' and masks.shape[0] > 0:
-        windows = _nonzero_windows(masks, h, w)
+        taps = (_linear_taps(masks.shape[1], h), _linear_taps(masks.shape[2], w))
+        windows = _nonzero_windows(masks, taps)
         area = sum((y2 - y1) * (x2 - x1) for y1, y2, x1, x2 in windows)
         # Past about half the full size, one interpolation over everything is faster.
         if area <= 0.5 * masks.shape[0] * h * w:
-            return _upsample_windows(masks, h, w, windows, threshold)
+            return _upsample_windows(masks, h, w, taps, windows, threshold)
     align = False if mode in _ALIGNABLE_MODES else None
     masks = F.interpolate(masks.unsqueeze(0), (h, w), mode=mode, align_corners=align).squeeze(0)
     # In place: the full-size masks are the largest tensors of inference (100 x h x w floats);
@@ -76,7 +77,10 @@ def upsample_binary_masks(masks: Tensor, h: int, w: int, mode: str = 'bilinear',
     return masks.gt_(threshold)
 
 
-def _linear_taps(n_in: int, n_out: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+Taps = Tuple[Tensor, Tensor, Tensor, Tensor]  # first / second source index, their weights
+
+
+def _linear_taps(n_in: int, n_out: int) -> Taps:
     """Linear resizing n_in -> n_out (align_corners=False) as F.interpolate computes it: for each
     output index its two source indices and their weights."""
     src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
@@ -86,13 +90,14 @@ def _linear_taps(n_in: int, n_out: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]
     return first, second, 1 - weight_second, weight_second
 
 
-def _nonzero_windows(masks: Tensor, h: int, w: int) -> List[Tuple[int, int, int, int]]:
+def _nonzero_windows(masks: Tensor, taps: Tuple[Taps, Taps]) -> List[Tuple[int, int, int, int]]:
     """Per mask, the output rows [y1, y2) and columns [x1, x2) that interpolation from its
-    nonzero source pixels reaches ((0, 0, 0, 0) for an all-zero mask)."""
+    nonzero source pixels reaches ((0, 0, 0, 0) for an all-zero mask). taps: the (y, x)
+    `_linear_taps`."""
     nonzero = masks != 0
     bounds = []
-    for lines, n_in, n_out in ((nonzero.any(2), masks.shape[1], h), (nonzero.any(1), masks.shape[2], w)):
-        first_src, second_src, _, _ = _linear_taps(n_in, n_out)
+    for lines, n_in, (first_src, second_src, _, _) in ((nonzero.any(2), masks.shape[1], taps[0]),
+                                                       (nonzero.any(1), masks.shape[2], taps[1])):
         lo = lines.int().argmax(1)
         hi = n_in - 1 - lines.flip(1).int().argmax(1)
         # Output i reads source pixels first_src[i] <= second_src[i]; both are nondecreasing in i.
@@ -103,10 +108,9 @@ def _nonzero_windows(masks: Tensor, h: int, w: int) -> List[Tuple[int, int, int,
     return list(zip(*bounds))
 
 
-def _upsample_windows(masks: Tensor, h: int, w: int, windows: List[Tuple[int, int, int, int]],
-                      threshold: float) -> Tensor:
-    y_first, y_second, y_w1, y_w2 = _linear_taps(masks.shape[1], h)
-    x_first, x_second, x_w1, x_w2 = _linear_taps(masks.shape[2], w)
+def _upsample_windows(masks: Tensor, h: int, w: int, taps: Tuple[Taps, Taps],
+                      windows: List[Tuple[int, int, int, int]], threshold: float) -> Tensor:
+    (y_first, y_second, y_w1, y_w2), (x_first, x_second, x_w1, x_w2) = taps
     out = torch.zeros(masks.shape[0], h, w, dtype=masks.dtype)
     for i, (y1, y2, x1, x2) in enumerate(windows):
         if y1 == y2 or x1 == x2:
