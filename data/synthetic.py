@@ -21,14 +21,31 @@ pixels are not annotated.
 
 Every image is drawn from its own random stream seeded by (seed, split, index), so the output is
 the same for a given seed whatever the number of worker processes.
+
+A second look, for transfer-learning experiments, is written as a folder of labelme files::
+
+    python -m data.synthetic --format labelme --variant transfer --out data/transfer_labelme \
+        --train 400 --val 100
+    python -m data.labelme2coco data/transfer_labelme data/transfer --val_fraction 0.2
+
+The ``transfer`` variant (``VARIANTS``) has only three of the shapes, under other names
+(circle -> 'coin', square -> 'tile', star -> 'badge'), muted dark colours, a light wood-grain
+background and no crowds. The labelme folder holds ``--train + --val`` images (``000001.jpg`` +
+``000001.json``, ...) side by side; ``data.labelme2coco`` makes the train/val split, and the
+command line prints the ``--val_fraction`` that gives ``--val`` validation images. Fully visible
+shapes are written as labelme ``polygon`` shapes, occluded or border-cut ones as labelme ``mask``
+shapes (the box of the visible pixels and a PNG of them), so the converted masks are exact too.
 """
 import argparse
+import base64
+import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -36,9 +53,9 @@ from pycocotools import mask as mask_utils
 
 from .config import SYNTHETIC_CLASSES
 
-__all__ = ['SYNTHETIC_CLASSES', 'MIN_VISIBLE_AREA', 'min_visible_area', 'RenderedInstance',
-           'RenderedImage',
-           'render_image', 'generate']
+__all__ = ['SYNTHETIC_CLASSES', 'TRANSFER_CLASSES', 'MIN_VISIBLE_AREA', 'min_visible_area', 'RenderedInstance',
+           'RenderedImage', 'Variant', 'VARIANTS',
+           'render_image', 'generate', 'generate_labelme']
 
 # Bump when the drawing changes, so an existing dataset on disk is regenerated.
 GENERATOR_VERSION = 3
@@ -170,6 +187,67 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
+def _muted_colour(rng: np.random.Generator) -> np.ndarray:
+    """A BGR colour (float[3]) of random hue, dull and dark: the transfer variant's palette."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(40, 131), rng.integers(45, 131)]]],
+                   dtype=np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def _wood_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Float32 [size, size, 3] BGR background of the transfer variant: a pale, nearly grey base
+    with wavy low-contrast stripes (wood grain) and fine grain, instead of gradients and lines."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(10, 61), rng.integers(185, 236)]]],
+                   dtype=np.uint8)
+    base = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+    theta = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    along = np.cos(theta) * xx + np.sin(theta) * yy
+    across = -np.sin(theta) * xx + np.cos(theta) * yy
+    freq, wobble = rng.uniform(6, 14), rng.uniform(0.02, 0.08)
+    wave = wobble * np.sin(2 * np.pi * rng.uniform(1, 3) * across + rng.uniform(0, 2 * np.pi))
+    stripes = np.sin(2 * np.pi * freq * (along + wave))
+    img = base + rng.uniform(8, 20) * stripes[..., None]
+    img += rng.normal(0, 4, (size, size, 1)).astype(np.float32)  # grain, the same on every channel
+    return img.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A look of the synthetic dataset.
+
+    shapes: the outline (a ``SYNTHETIC_CLASSES`` name) of class i + 1; class_names: what the
+    annotations call that class. colour / background: the palette of the shapes and the
+    background painter. stream: appended to (seed, split, index) to seed each image, so that two
+    variants never draw the same random numbers (empty for the default, whose stream is fixed).
+    """
+    name: str
+    shapes: Tuple[str, ...]
+    class_names: Tuple[str, ...]
+    colour: Callable[[np.random.Generator], np.ndarray]
+    background: Callable[[np.random.Generator, int], np.ndarray]
+    crowd_probability: float
+    stream: Tuple[int, ...]
+
+
+# The transfer variant's classes, in category order: circle, square and star under other names.
+TRANSFER_CLASSES = ('coin', 'tile', 'badge')
+
+VARIANTS: Dict[str, Variant] = {
+    'default': Variant('default', SYNTHETIC_CLASSES, SYNTHETIC_CLASSES, _random_colour, _background,
+                       CROWD_PROBABILITY, ()),
+    # labelme has no crowd regions, so this variant has none.
+    'transfer': Variant('transfer', ('circle', 'square', 'star'), TRANSFER_CLASSES, _muted_colour,
+                        _wood_background, 0.0, (1,)),
+}
+
+
+def _variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got '{name}'")
+    return VARIANTS[name]
+
+
 def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, rng: np.random.Generator) -> None:
     """Fill `mask` of `img` with `colour` plus a soft linear shading (in place)."""
     rows, cols = np.nonzero(mask)
@@ -232,14 +310,14 @@ def _pick_centre(rng: np.random.Generator, size: int, radius: float) -> Tuple[fl
     return float(x), float(y)
 
 
-def _add_crowd(canvas: _Canvas, rng: np.random.Generator) -> None:
+def _add_crowd(canvas: _Canvas, rng: np.random.Generator, variant: Variant) -> None:
     """A cluster of small shapes of one class, annotated together as one crowd region."""
     size = canvas.size
-    cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
-    kind = SYNTHETIC_CLASSES[cls]
+    cls = int(rng.integers(len(variant.shapes)))
+    kind = variant.shapes[cls]
     cx, cy = rng.uniform(0.2 * size, 0.8 * size, 2)
     spread = rng.uniform(0.06, 0.12) * size
-    colour = _random_colour(rng)
+    colour = variant.colour(rng)
     full = np.zeros((size, size), dtype=bool)
     for _ in range(int(rng.integers(6, 15))):
         r = rng.uniform(0.012, 0.025) * size
@@ -249,15 +327,15 @@ def _add_crowd(canvas: _Canvas, rng: np.random.Generator) -> None:
         canvas.add(full, colour, rng, category_id=cls + 1, polygon=None, iscrowd=True)
 
 
-def _add_object(canvas: _Canvas, rng: np.random.Generator, tries: int = 10) -> None:
+def _add_object(canvas: _Canvas, rng: np.random.Generator, variant: Variant, tries: int = 10) -> None:
     """One shape of a random class, placed where it does not bury an earlier one."""
     size = canvas.size
-    cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
-    colour = _random_colour(rng)
+    cls = int(rng.integers(len(variant.shapes)))
+    colour = variant.colour(rng)
     for _ in range(tries):
         radius = float(np.exp(rng.uniform(*np.log(np.array(RADIUS_RANGE) * size))))
         centre = _pick_centre(rng, size, radius)
-        polygon = _shape_polygon(SYNTHETIC_CLASSES[cls], centre, radius,
+        polygon = _shape_polygon(variant.shapes[cls], centre, radius,
                                  np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)),
                                  float(np.exp(rng.uniform(-0.15, 0.15))))
         full = _rasterise(polygon, size, size)
@@ -267,21 +345,24 @@ def _add_object(canvas: _Canvas, rng: np.random.Generator, tries: int = 10) -> N
         return
 
 
-def render_image(seed: int, split: str, index: int, size: int = DEFAULT_SIZE) -> RenderedImage:
-    """Draw image `index` of `split` ('train' or 'val') for `seed`; pure function of its arguments.
+def render_image(seed: int, split: str, index: int, size: int = DEFAULT_SIZE,
+                 variant: str = 'default') -> RenderedImage:
+    """Draw image `index` of `split` ('train' or 'val') for `seed` in the look `variant` (a key of
+    ``VARIANTS``); pure function of its arguments.
 
     Returns the uint8 BGR image (before JPEG compression) and its annotated instances, in paint
-    order (crowd first when present).
+    order (crowd first when present); ``category_id`` i is ``VARIANTS[variant].class_names[i - 1]``.
     """
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got '{split}'")
-    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    canvas = _Canvas(_background(rng, size))
+    look = _variant(variant)
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index, *look.stream])
+    canvas = _Canvas(look.background(rng, size))
 
-    if rng.random() < CROWD_PROBABILITY:
-        _add_crowd(canvas, rng)
+    if rng.random() < look.crowd_probability:
+        _add_crowd(canvas, rng, look)
     for _ in range(int(rng.integers(MIN_INSTANCES, MAX_INSTANCES + 1))):
-        _add_object(canvas, rng)
+        _add_object(canvas, rng, look)
 
     noise = rng.normal(0, rng.uniform(2, 10), canvas.image.shape).astype(np.float32)
     image = np.clip(canvas.image + noise, 0, 255).round().astype(np.uint8)
@@ -421,16 +502,146 @@ def generate(out: str, train: int, val: int, seed: int = 0, size: int = DEFAULT_
     return True
 
 
+# ---------------------------------------------------------------- labelme files
+
+# The labelme release whose file format is written (5.x: 'mask' shapes, 'description').
+LABELME_VERSION = '5.4.1'
+_LABELME_NAME = re.compile(r'^\d{6}\.(jpg|json)$')
+
+
+def _labelme_shape(label: str, points: List[List[float]], shape_type: str,
+                   mask: Optional[str] = None) -> dict:
+    return {'label': label, 'points': points, 'group_id': None, 'description': '',
+            'shape_type': shape_type, 'flags': {}, 'mask': mask}
+
+
+def _labelme_shapes(rendered: RenderedImage, class_names: Sequence[str]) -> List[dict]:
+    """The labelme shapes of a rendered image: a 'polygon' for a fully visible shape, a 'mask'
+    (inclusive pixel box of the visible pixels + base64 PNG of them) otherwise. Crowd regions are
+    left out: labelme has no crowd flag."""
+    shapes = []
+    for inst in rendered.instances:
+        if inst.iscrowd:
+            continue
+        label = class_names[inst.category_id - 1]
+        if inst.polygon is not None:
+            points = [[x, y] for x, y in zip(inst.polygon[0::2], inst.polygon[1::2])]
+            shapes.append(_labelme_shape(label, points, 'polygon'))
+            continue
+        rows, cols = np.nonzero(inst.mask)
+        x0, x1, y0, y1 = int(cols.min()), int(cols.max()), int(rows.min()), int(rows.max())
+        ok, png = cv2.imencode('.png', inst.mask[y0:y1 + 1, x0:x1 + 1].astype(np.uint8) * 255)
+        if not ok:
+            raise RuntimeError('OpenCV could not encode a mask as PNG')
+        shapes.append(_labelme_shape(label, [[float(x0), float(y0)], [float(x1), float(y1)]], 'mask',
+                                     base64.b64encode(png.tobytes()).decode('ascii')))
+    return shapes
+
+
+def _render_labelme_to_file(job: Tuple[int, str, int, int, str, str]) -> int:
+    """Worker: render one image, write its JPEG and labelme json; returns the number of shapes."""
+    seed, split, index, size, variant, stem = job
+    rendered = render_image(seed, split, index, size, variant)
+    ok, buf = cv2.imencode('.jpg', rendered.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {stem}.jpg")
+    with open(stem + '.jpg', 'wb') as f:
+        f.write(buf.tobytes())
+    shapes = _labelme_shapes(rendered, VARIANTS[variant].class_names)
+    doc = {'version': LABELME_VERSION, 'flags': {}, 'shapes': shapes,
+           'imagePath': os.path.basename(stem) + '.jpg', 'imageData': None,
+           'imageHeight': size, 'imageWidth': size}
+    with open(stem + '.json', 'w') as f:
+        json.dump(doc, f, indent=2)
+    return len(shapes)
+
+
+def generate_labelme(out: str, train: int, val: int, seed: int = 0, size: int = DEFAULT_SIZE,
+                     variant: str = 'transfer', workers: Optional[int] = None, progress: bool = True) -> int:
+    """Write ``train + val`` images of `variant` to the folder `out` as labelme files:
+    ``000001.jpg`` + ``000001.json``, ...; returns the number of images.
+
+    Images 1..train are the 'train' images of (seed, variant), the rest its 'val' images, all in
+    one folder: ``data.labelme2coco --val_fraction val / (train + val)`` makes the split (it picks
+    the validation images itself, by a seeded shuffle). Earlier images of this naming in `out` are
+    removed first, other files are left alone.
+    """
+    if train < 0 or val < 0 or train + val == 0:
+        raise ValueError(f"image counts must be >= 0 and not both 0, got train={train} val={val}")
+    if size < 32:
+        raise ValueError(f"--size must be at least 32 pixels, got {size}")
+    _variant(variant)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # leftovers of an earlier, larger run
+        if _LABELME_NAME.match(name):
+            os.remove(os.path.join(out, name))
+    jobs = [(seed, 'train', i, size, variant, os.path.join(out, f'{i:06d}')) for i in range(1, train + 1)]
+    jobs += [(seed, 'val', i, size, variant, os.path.join(out, f'{train + i:06d}')) for i in range(1, val + 1)]
+
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), desc=f'synthetic {variant} (labelme)', unit='img')
+    if workers > 1 and len(jobs) >= 4 * workers:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context('fork' if 'fork' in methods else None)
+        with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+            for _ in pool.imap(_render_labelme_to_file, jobs, chunksize=16):
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            _render_labelme_to_file(job)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return len(jobs)
+
+
+def _val_fraction_arg(train: int, val: int) -> str:
+    """The shortest --val_fraction text that makes labelme2coco pick exactly `val` images."""
+    total = train + val
+    short = f'{val / total:.6g}'
+    return short if int(float(short) * total + 0.5) == val else repr(val / total)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description='Generate the synthetic shapes dataset (COCO format).')
-    parser.add_argument('--out', default='data/synthetic', help='output folder')
+    parser = argparse.ArgumentParser(description='Generate the synthetic shapes dataset (COCO format, or '
+                                                 'a folder of labelme files with --format labelme).')
+    parser.add_argument('--out', default=None,
+                        help='output folder (default: data/synthetic; data/synthetic_<variant>_labelme '
+                             'with --format labelme)')
     parser.add_argument('--train', type=int, default=2000, help='number of training images')
     parser.add_argument('--val', type=int, default=200, help='number of validation images')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--size', type=int, default=DEFAULT_SIZE, help='image side in pixels')
     parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores, max 8)')
     parser.add_argument('--force', action='store_true', help='regenerate even if up to date')
+    parser.add_argument('--format', choices=('coco', 'labelme'), default='coco',
+                        help='coco: train/, val/ and instances_*.json; labelme: one folder of '
+                             'image + labelme json pairs (train + val images) for data.labelme2coco')
+    parser.add_argument('--variant', choices=sorted(VARIANTS), default='default',
+                        help="the look: 'default', or 'transfer' (3 other classes, muted colours, "
+                             'wood background; --format labelme only)')
     args = parser.parse_args(argv)
+
+    if args.format == 'labelme':
+        out = args.out or f'data/synthetic_{args.variant}_labelme'
+        try:
+            count = generate_labelme(out, args.train, args.val, seed=args.seed, size=args.size,
+                                     variant=args.variant, workers=args.workers, progress=True)
+        except ValueError as e:
+            parser.error(str(e))
+        print(f'wrote {count} labelme images ({args.variant}) to {out}; to COCO with {args.val} val images:\n'
+              f'  python -m data.labelme2coco {out} <coco folder> --val_fraction '
+              f'{_val_fraction_arg(args.train, args.val)}')
+        return 0
+    if args.variant != 'default':
+        parser.error(f"--variant {args.variant} is written as labelme files only (add --format labelme)")
+    args.out = args.out or 'data/synthetic'
 
     made = generate(args.out, args.train, args.val, seed=args.seed, size=args.size,
                     force=args.force, workers=args.workers, progress=True)
