@@ -15,7 +15,7 @@ from data.config import COLORS, cfg, set_cfg
 from tests.eval_helpers import ScriptedNet, detection_from_masks, register, save_tiny_checkpoint, tiny_config
 from utils.inference import (InferenceOptions, Predictor, benchmark, evalimage, evalimages, evalvideo,
                              render)
-from utils.visualize import (FONT, FONT_SCALE, FONT_THICKNESS, DrawOptions, blend_masks, draw_detections,
+from utils.visualize import (DrawOptions, blend_masks, draw_detections, draw_style, label_size,
                              select_for_display)
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
@@ -114,6 +114,32 @@ def test_draw_detections_class_colour_and_top_k():
     assert out.dtype == np.uint8 and out.shape == image.shape
 
 
+@pytest.mark.parametrize('side, low, high', [(160, 0.2, 0.45), (640, 0.12, 0.3), (2000, 0.12, 0.3)])
+def test_labels_scale_with_the_image(side, low, high):
+    """A label covers a bounded share of the width at any size: not a third of a 160-px image, not
+    a speck on a 2000-px one; lines and padding grow with the text."""
+    style = draw_style(side, side)
+    label_w, label_h = label_size('triangle: 0.87', style)
+    assert low <= label_w / side <= high
+    assert label_h < 0.1 * side
+    small, large = draw_style(160, 240), draw_style(2000, 3000)
+    assert large.font_scale > 5 * small.font_scale
+    assert large.line_thickness > small.line_thickness and large.padding > small.padding
+    assert large.text_thickness > small.text_thickness
+
+    # Drawing works at that size, the label sits on the box's top edge, and a box at the top-right
+    # corner keeps its label inside the image.
+    image = np.zeros((side, side, 3), dtype=np.uint8)
+    boxes = torch.tensor([[side // 4, side // 2, side // 2, 3 * side // 4], [side - 10, 0, side, side // 8]])
+    out = draw_detections(image, torch.tensor([1, 1]), torch.tensor([0.87, 0.5]), boxes, None,
+                          ['circle', 'triangle'], DrawOptions())
+    x1, y1 = side // 4, side // 2
+    assert (out[y1 - label_h + 1:y1 - 1, x1:x1 + label_w] > 0).any(axis=2).all()
+    assert not out[:y1 - label_h - 1, :side // 2].any()
+    corner_w, corner_h = label_size('triangle: 0.50', style)
+    assert (out[1:corner_h - 1, side - corner_w:] > 0).any(axis=2).all()
+
+
 # ----------------------------------------------------------------------------- --image
 
 def test_image_masks_change_colour_inside_only(val_image, tmp_path):
@@ -139,12 +165,12 @@ def test_image_masks_change_colour_inside_only(val_image, tmp_path):
     x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     allowed = mask.copy()
     allowed[y1 - 1:y2 + 2, x1 - 1:x2 + 2] = True  # box outline (and its inside)
-    (text_w, text_h), _ = cv2.getTextSize(f'{names[2]}: 0.90', FONT, FONT_SCALE, FONT_THICKNESS)
-    allowed[max(y1 - text_h - 8, 0):y1 + 4, max(x1 - 2, 0):x1 + text_w + 3] = True
+    label_w, label_h = label_size(f'{names[2]}: 0.90', draw_style(*img.shape[:2]))
+    allowed[max(y1 - label_h - 2, 0):y1 + 4, max(x1 - 2, 0):x1 + label_w + 3] = True
     changed = np.abs(out.astype(int) - img.astype(int)).max(axis=2) > 0
     assert not (changed & ~allowed).any()
     assert changed[y1, x1 + 1:x2].any()  # the box outline is there
-    assert changed[y1 - text_h:y1 - 4, x1:x1 + text_w].all()  # the filled label is there
+    assert changed[y1 - label_h + 1:y1 - 1, x1:x1 + label_w].all()  # the filled label is there
 
 
 def test_detect_mode_draws_boxes_without_masks(val_image, tmp_path):

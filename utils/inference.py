@@ -1,8 +1,9 @@
 """Running a trained YOLACT on pictures: single images, folders, videos or a webcam, and timing it.
 
 `Predictor` owns the device side (moving frames, the backbone transform, optional autocast);
-the functions below turn its output into drawn pictures (utils/visualize.py) or FPS numbers.
-eval.py parses the flags and calls these.
+the functions below turn its output into drawn pictures (utils/visualize.py), result files
+(utils/result_files.py: --save_json, --save_masks) or FPS numbers. eval.py parses the flags and
+calls these.
 """
 import contextlib
 import os
@@ -22,7 +23,9 @@ from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import autocast_dtype, synchronize
 from utils.functions import MovingAverage
-from utils.visualize import DrawOptions, draw_detections, prototype_mosaic
+from utils.result_files import (detections_to_records, result_file_paths, write_instance_png,
+                                write_result_json)
+from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -103,6 +106,8 @@ class InferenceOptions:
     display_fps: bool = False
     video_multiframe: int = 1
     no_bar: bool = False
+    save_json: bool = False   # images: the drawn detections as <picture stem>.json
+    save_masks: bool = False  # images: their masks as <picture stem>_instances.png (16-bit ids)
 
 
 def best_detections(det_output: List[Dict], index: int, k: int) -> List[Dict]:
@@ -117,6 +122,30 @@ def best_detections(det_output: List[Dict], index: int, k: int) -> List[Dict]:
     return [{**entry, 'detection': trimmed}]
 
 
+Detections = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+def shown_detections(det_output: List[Dict], index: int, height: int, width: int,
+                     opts: InferenceOptions) -> Detections:
+    """The detections of image `index` that are drawn (and saved): its --top_k best scoring at or
+    above --score_threshold, best first, at the image size.
+
+    Returns classes (Tensor[K] int64, 0-based), scores (Tensor[K]), boxes (Tensor[K, 4] int64, pixel
+    x1y1x2y2), masks (Tensor[K, height, width] 0/1, or None when the mask branch did not run).
+    """
+    classes, scores, boxes, masks = postprocess(best_detections(det_output, index, opts.draw.top_k), width,
+                                                height, crop_masks=opts.crop_masks,
+                                                score_threshold=opts.draw.score_threshold)
+    if isinstance(scores, list):
+        # YOLACT++ re-scoring: rank and label by the mask score, as the original's display did.
+        scores = scores[1]
+    if masks.dim() != 3:
+        masks = None  # --detect: the mask branch did not run, these are raw coefficients
+    keep = select_for_display(classes, scores, opts.draw.top_k, opts.draw.score_threshold)
+    return (classes[keep], scores[keep], boxes[keep],
+            masks[keep.to(masks.device)] if masks is not None else None)
+
+
 def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names: Sequence[str],
            opts: InferenceOptions, fps_text: str = '') -> np.ndarray:
     """One frame's detections drawn on it.
@@ -128,15 +157,25 @@ def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names:
         ndarray[H, W, 3] uint8 BGR.
     """
     h, w = frame.shape[:2]
-    classes, scores, boxes, masks = postprocess(best_detections(det_output, index, opts.draw.top_k), w, h,
-                                                crop_masks=opts.crop_masks,
-                                                score_threshold=opts.draw.score_threshold)
-    if isinstance(scores, list):
-        # YOLACT++ re-scoring: rank and label by the mask score, as the original's display did.
-        scores = scores[1]
-    if masks.dim() != 3:
-        masks = None  # --detect: the mask branch did not run, these are raw coefficients
-    return draw_detections(frame, classes, scores, boxes, masks, class_names, opts.draw, fps_text)
+    return draw_detections(frame, *shown_detections(det_output, index, h, w, opts), class_names, opts.draw,
+                           fps_text)
+
+
+def save_result_files(picture_path: str, image_name: str, detections: Detections, height: int, width: int,
+                      class_names: Sequence[str], opts: InferenceOptions) -> List[str]:
+    """Write --save_json / --save_masks files beside `picture_path` (see
+    utils.result_files.result_file_paths). detections: `shown_detections`. Returns the paths written."""
+    json_path, png_path = result_file_paths(picture_path)
+    classes, scores, boxes, masks = detections
+    written = []
+    if opts.save_json:
+        records = detections_to_records(classes, scores, boxes, masks, class_names)
+        write_result_json(json_path, image_name, height, width, records)
+        written.append(json_path)
+    if opts.save_masks:
+        write_instance_png(png_path, masks, height, width)
+        written.append(png_path)
+    return written
 
 
 def display_available() -> bool:
@@ -175,18 +214,31 @@ def write_image(path: str, img: np.ndarray) -> None:
 
 
 def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_names: Sequence[str],
-              opts: InferenceOptions, img: Optional[np.ndarray] = None) -> Optional[str]:
+              opts: InferenceOptions, img: Optional[np.ndarray] = None, report: bool = True) -> Optional[str]:
     """Detect objects in one image and draw them.
 
     Without `save_path` the result is shown in a window when a display exists, otherwise it is
     written beside the input as <name>_yolact.png. Returns the path written, if any.
+    With opts.save_json / save_masks the drawn detections are also written beside the picture
+    (<stem>.json, <stem>_instances.png); when the picture is only shown, beside the input as
+    <name>_yolact.json / <name>_yolact_instances.png, where the picture would have been saved.
     img: the image already read from `path` (ndarray[H, W, 3] uint8 BGR); read here when None.
+    report: print the result files written.
     """
     img = read_image(path) if img is None else img
     frames, det_output = predictor([img])
-    drawn = render(frames[0], det_output, 0, class_names, opts)
+    height, width = img.shape[:2]
+    detections = shown_detections(det_output, 0, height, width, opts)
+    if opts.save_masks and detections[3] is None:
+        raise InferenceError("--save_masks needs masks, but the mask branch did not run (--detect)")
+    drawn = draw_detections(frames[0], *detections, class_names, opts.draw)
 
     if save_path is None and display_available():
+        if opts.save_json or opts.save_masks:
+            for written in save_result_files(default_output_path(path, '.png'), os.path.basename(path),
+                                             detections, height, width, class_names, opts):
+                if report:
+                    print(f'Detections -> {written}')
         cv2.imshow(path, drawn)
         if opts.display_lincomb:
             show_lincomb(det_output, path)
@@ -197,6 +249,10 @@ def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_n
         save_path = default_output_path(path, '.png')
         print(f'No display available; saving the result to {save_path}')
     write_image(save_path, drawn)
+    for written in save_result_files(save_path, os.path.basename(path), detections, height, width,
+                                     class_names, opts):
+        if report:
+            print(f'Detections -> {written}')
     if opts.display_lincomb:
         stem = Path(save_path)
         save_lincomb(det_output, str(stem.with_name(stem.stem + '_lincomb.png')))
@@ -233,7 +289,8 @@ def list_images(folder: str) -> Tuple[List[Path], List[Path]]:
 
 def evalimages(predictor: Predictor, input_folder: str, output_folder: str, class_names: Sequence[str],
                opts: InferenceOptions) -> List[str]:
-    """Draw detections on every image of a folder; results are <output_folder>/<name>.png.
+    """Draw detections on every image of a folder; results are <output_folder>/<name>.png (and,
+    with opts.save_json / save_masks, <name>.json / <name>_instances.png).
 
     A file that is not an image (by extension) is left alone, and one with an image extension that
     cannot be read is skipped; both are counted and named, and the rest of the folder is processed.
@@ -254,13 +311,17 @@ def evalimages(predictor: Predictor, input_folder: str, output_folder: str, clas
             unreadable.append(path)
             continue
         out_path = os.path.join(output_folder, path.stem + '.png')
-        evalimage(predictor, str(path), out_path, class_names, opts, img=img)
+        evalimage(predictor, str(path), out_path, class_names, opts, img=img, report=False)
         print(f'{path} -> {out_path}')
         written.append(out_path)
     if not written:
         raise InferenceError(f"none of the {len(images)} image file(s) in {input_folder} could be read")
     skipped = f'; skipped {len(unreadable)} unreadable file(s)' if unreadable else ''
     print(f'Done: {len(written)} image(s) written to {output_folder}{skipped}.')
+    saved = [what for flag, what in ((opts.save_json, '<name>.json'), (opts.save_masks, '<name>_instances.png'))
+             if flag]
+    if saved:
+        print(f"Detections saved beside each picture as {' and '.join(saved)}.")
     return written
 
 

@@ -15,9 +15,50 @@ from torch import Tensor
 from data.config import COLORS
 
 FONT = cv2.FONT_HERSHEY_DUPLEX
+TEXT_COLOR = (255, 255, 255)
+# Text and lines grow with the image: FONT_SCALE and FONT_THICKNESS are their values on an image
+# whose shorter side is REFERENCE_SIDE px, and `draw_style` scales them with the shorter side.
+REFERENCE_SIDE = 640
 FONT_SCALE = 0.6
 FONT_THICKNESS = 1
-TEXT_COLOR = (255, 255, 255)
+# Below 0.3 the Hershey glyphs stop being readable (about 8 px high); the upper bound only keeps
+# absurd sizes (a 20,000-px scan) from getting label text a thousand pixels high.
+MIN_FONT_SCALE = 0.3
+MAX_FONT_SCALE = 4.0
+
+
+@dataclass(frozen=True)
+class DrawStyle:
+    """Sizes in pixels (and OpenCV's font scale) used to draw on one image; see `draw_style`."""
+    font_scale: float
+    text_thickness: int
+    line_thickness: int
+    padding: int
+
+
+def draw_style(height: int, width: int) -> DrawStyle:
+    """Text and line sizes for an image of `height` x `width` pixels.
+
+    The font scale is proportional to the shorter side s: 0.6 * s / 640 (REFERENCE_SIDE), clamped
+    to [MIN_FONT_SCALE, MAX_FONT_SCALE]; the rest follows the font scale: text stroke
+    round(1.6 * scale) px, box outline round(2.5 * scale) px, label padding round(5 * scale) px,
+    each at least 1 px. So a label covers about the same fraction of the image at 640 px as at
+    4000 px (a 'triangle: 0.87' label: 19-20% of the width), and on small images the minimum scale
+    keeps it readable (38% of a 160-px image).
+    """
+    factor = max(min(height, width), 1) / REFERENCE_SIDE
+    scale = min(max(FONT_SCALE * factor, MIN_FONT_SCALE), MAX_FONT_SCALE)
+    return DrawStyle(font_scale=scale,
+                     text_thickness=max(FONT_THICKNESS, round(1.6 * scale)),
+                     line_thickness=max(1, round(2.5 * scale)),
+                     padding=max(1, round(5 * scale)))
+
+
+def label_size(text: str, style: DrawStyle) -> Tuple[int, int]:
+    """(width, height) in pixels of the filled label `draw_label` draws for `text`, padding and
+    the descenders below the baseline included."""
+    (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
+    return text_w + 2 * style.padding, text_h + baseline + 2 * style.padding
 
 
 @dataclass
@@ -71,23 +112,36 @@ def blend_masks(image: Tensor, masks: Tensor, colors: Tensor, alpha: float) -> T
 
 def draw_fps_box(image: Tensor, text: str) -> Tensor:
     """Darken the top-left corner where `draw_fps_text` writes. image (Tensor[H, W, 3]) float."""
-    (text_w, text_h), _ = cv2.getTextSize(text, FONT, FONT_SCALE, FONT_THICKNESS)
+    label_w, label_h = label_size(text, draw_style(image.shape[0], image.shape[1]))
     image = image.clone()
-    image[:text_h + 8, :text_w + 8] *= 0.6
+    image[:label_h, :label_w] *= 0.6
     return image
 
 
 def draw_fps_text(image: np.ndarray, text: str) -> None:
     """Write `text` in the top-left corner of a uint8 BGR image, in place."""
-    (_, text_h), _ = cv2.getTextSize(text, FONT, FONT_SCALE, FONT_THICKNESS)
-    cv2.putText(image, text, (4, text_h + 2), FONT, FONT_SCALE, TEXT_COLOR, FONT_THICKNESS, cv2.LINE_AA)
+    style = draw_style(image.shape[0], image.shape[1])
+    (_, text_h), _ = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
+    cv2.putText(image, text, (style.padding, style.padding + text_h), FONT, style.font_scale, TEXT_COLOR,
+                style.text_thickness, cv2.LINE_AA)
 
 
-def draw_label(image: np.ndarray, text: str, x1: int, y1: int, color: Tuple[int, int, int]) -> None:
-    """A filled label with white text sitting on the top edge of a box, in place."""
-    (text_w, text_h), _ = cv2.getTextSize(text, FONT, FONT_SCALE, FONT_THICKNESS)
-    cv2.rectangle(image, (x1, y1), (x1 + text_w, y1 - text_h - 4), color, -1)
-    cv2.putText(image, text, (x1, y1 - 3), FONT, FONT_SCALE, TEXT_COLOR, FONT_THICKNESS, cv2.LINE_AA)
+def draw_label(image: np.ndarray, text: str, x1: int, y1: int, color: Tuple[int, int, int],
+               style: Optional[DrawStyle] = None) -> None:
+    """A filled label with white text sitting on the top edge of a box, in place.
+
+    Where there is no room above the box (an object at the top of the image) the label hangs
+    below the edge instead, and it is moved left to stay inside the image.
+    style: default `draw_style` of the image.
+    """
+    style = style or draw_style(image.shape[0], image.shape[1])
+    label_w, label_h = label_size(text, style)
+    (_, text_h), _ = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
+    left = max(min(x1, image.shape[1] - label_w), 0)
+    top = y1 - label_h if y1 - label_h >= 0 else y1
+    cv2.rectangle(image, (left, top), (left + label_w - 1, top + label_h - 1), color, -1)
+    cv2.putText(image, text, (left + style.padding, top + style.padding + text_h), FONT, style.font_scale,
+                TEXT_COLOR, style.text_thickness, cv2.LINE_AA)
 
 
 def draw_detections(image: Union[Tensor, np.ndarray], classes: Tensor, scores: Tensor, boxes: Tensor,
@@ -128,14 +182,15 @@ def draw_detections(image: Union[Tensor, np.ndarray], classes: Tensor, scores: T
         draw_fps_text(out, fps_text)
 
     # Lowest score first, so the best detection's box and label are drawn on top.
+    style = draw_style(out.shape[0], out.shape[1])
     for j in reversed(range(len(classes_np))):
         x1, y1, x2, y2 = (int(v) for v in boxes_np[j])
         if opts.display_bboxes:
-            cv2.rectangle(out, (x1, y1), (x2, y2), colors[j], 1)
+            cv2.rectangle(out, (x1, y1), (x2, y2), colors[j], style.line_thickness)
         if opts.display_text:
             name = class_names[classes_np[j]] if classes_np[j] < len(class_names) else str(classes_np[j])
             text = f'{name}: {scores_np[j]:.2f}' if opts.display_scores else name
-            draw_label(out, text, x1, y1, colors[j])
+            draw_label(out, text, x1, y1, colors[j], style)
     return out
 
 

@@ -1,0 +1,156 @@
+"""The detections of one image as files: a JSON record list and an instance-id PNG.
+
+eval.py --image/--images with --save_json / --save_masks write them beside each drawn picture
+(`result_file_paths`): for OUT/img1.png, OUT/img1.json and OUT/img1_instances.png. Everything here
+is pure over its inputs (no ``cfg``); the caller picks the detections (the ones it draws, best
+score first).
+
+JSON: {"image": input file name, "height": H, "width": W, "detections": [{"class_name",
+"class_id" (0-based index into the class names), "score", "box" [x1, y1, x2, y2] (pixels),
+"mask": {"rle": COCO RLE {"size": [H, W], "counts": str}, "polygons": [[x0, y0, x1, y1, ...],
+...] (outer contours), "area": pixel count}}, ...]}; "mask" is absent for box-only results.
+
+PNG: single channel, 16 bit, the image's size; 0 is background and detection i of the JSON list
+(1-based) has value i; where masks overlap, the better-scoring (earlier) detection wins.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils.coco_results import encode_masks
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+INSTANCE_PNG_SUFFIX = '_instances.png'
+MAX_INSTANCES = np.iinfo(np.uint16).max
+
+
+def result_file_paths(picture_path: str) -> Tuple[str, str]:
+    """(JSON path, instance PNG path) beside a drawn picture: same folder and stem,
+    <stem>.json and <stem>_instances.png."""
+    p = Path(picture_path)
+    return str(p.with_suffix('.json')), str(p.with_name(p.stem + INSTANCE_PNG_SUFFIX))
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _binary_masks(masks: ArrayLike) -> np.ndarray:
+    """Masks [D, H, W] (float: inside above 0.5; int or bool: nonzero) -> uint8 ndarray of 0/1."""
+    if isinstance(masks, Tensor):
+        binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+        return binary.to(torch.uint8).cpu().numpy()
+    masks = np.asarray(masks)
+    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    return binary.astype(np.uint8)
+
+
+def mask_polygons(mask: np.ndarray) -> List[List[int]]:
+    """Outer contours of a binary mask (ndarray[H, W] uint8 0/1) as flat [x0, y0, x1, y1, ...]
+    pixel lists; contours of fewer than 3 points (lines, single pixels) are left out."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return []
+    # Traced inside the mask's bounding rectangle only: a small object in a big photo is cheap.
+    window = np.ascontiguousarray(mask[y:y + h, x:x + w])
+    contours, _ = cv2.findContours(window, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+    return [c.reshape(-1).tolist() for c in contours if len(c) >= 3]
+
+
+def detections_to_records(classes: ArrayLike, scores: ArrayLike, boxes: ArrayLike, masks: Optional[ArrayLike],
+                          class_names: Sequence[str]) -> List[dict]:
+    """JSON-serialisable records of one image's detections, best score first.
+
+    Args:
+        classes (Tensor[D]) int, 0-based class indices.
+        scores (Tensor[D]).
+        boxes (Tensor[D, 4]) in pixel (x1, y1, x2, y2) of the original image.
+        masks (Tensor[D, H, W]) full-image masks (0/1 or soft, inside above 0.5), or None for
+            box-only results (--detect): then the records have no "mask".
+        class_names: name of each class index (an index past its end is named by its number).
+    Returns:
+        [{'class_name', 'class_id', 'score', 'box', 'mask': {'rle', 'polygons', 'area'}}, ...];
+        ties in score keep the input order.
+    """
+    classes_np = _numpy(classes).astype(int).reshape(-1)
+    scores_np = _numpy(scores).astype(float).reshape(-1)
+    boxes_np = _numpy(boxes).reshape(-1, 4)
+    order = np.argsort(-scores_np, kind='stable')
+    binary = _binary_masks(masks[torch.from_numpy(order).to(masks.device)] if isinstance(masks, Tensor)
+                           else np.asarray(masks)[order]) if masks is not None else None
+    rles = encode_masks(binary) if binary is not None else None
+    records = []
+    for n, i in enumerate(order):
+        class_id = int(classes_np[i])
+        record = {'class_name': class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id),
+                  'class_id': class_id,
+                  'score': float(scores_np[i]),
+                  'box': boxes_np[i].tolist()}
+        if binary is not None:
+            record['mask'] = {'rle': rles[n], 'polygons': mask_polygons(binary[n]),
+                              'area': int(binary[n].sum())}
+        records.append(record)
+    return records
+
+
+def instance_image(masks: Optional[ArrayLike], height: int, width: int) -> np.ndarray:
+    """The instance-id image of masks [D, H, W] given best first: ndarray[height, width] uint16,
+    0 background, mask i (0-based) painted with i + 1, the earlier mask winning overlaps.
+    masks None or empty: all background."""
+    out = np.zeros((height, width), dtype=np.uint16)
+    if masks is None or masks.shape[0] == 0:
+        return out
+    if masks.shape[0] > MAX_INSTANCES:
+        raise ValueError(f"a 16-bit instance image holds at most {MAX_INSTANCES} detections, "
+                         f"got {masks.shape[0]}")
+    if tuple(masks.shape[1:]) != (height, width):
+        raise ValueError(f"masks are {tuple(masks.shape[1:])} (H, W), the image is {(height, width)}")
+    binary = _binary_masks(masks).astype(bool)
+    # Worst first, so each better detection overwrites where it overlaps.
+    for i in range(binary.shape[0] - 1, -1, -1):
+        out[binary[i]] = i + 1
+    return out
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write `data` to a temporary file in `path`'s folder, then rename it over `path`: a crash
+    leaves the old file or none, never half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_result_json(path: str, image: str, height: int, width: int, detections: List[dict]) -> None:
+    """Write one image's results: {"image", "height", "width", "detections"} (see the module doc).
+
+    image: the input file name; detections: `detections_to_records`' list.
+    """
+    doc = {'image': image, 'height': int(height), 'width': int(width), 'detections': detections}
+    _write_atomically(path, json.dumps(doc).encode('utf-8'))
+
+
+def write_instance_png(path: str, masks: Optional[ArrayLike], height: int, width: int) -> None:
+    """Write `instance_image(masks, height, width)` as a 16-bit single-channel PNG.
+
+    masks (Tensor[D, H, W]) in the order of the JSON list, best score first.
+    """
+    ok, encoded = cv2.imencode('.png', instance_image(masks, height, width))
+    if not ok:
+        raise ValueError(f"could not encode the instance image for {path}")
+    _write_atomically(path, encoded.tobytes())
