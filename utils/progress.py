@@ -1,12 +1,14 @@
-"""What training reports as it goes, on the console and in the JSON-lines log: the original's
-progress line (moving averages of the loss terms, ETA, images per second, plus an average fps
-that leaves out the warm-up iterations), skipped steps, validation, interruption, the summary."""
+"""What training reports as it goes, on the console and in the JSON-lines log (and, with
+--tensorboard, in TensorBoard event files: utils/tensorboard.py): the original's progress line
+(moving averages of the loss terms, ETA, images per second, plus an average fps that leaves out the
+warm-up iterations), skipped steps, validation, interruption, the summary."""
 import datetime
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
 from utils.functions import MovingAverage
 from utils.logger import Log
+from utils.tensorboard import TensorBoardWriter
 
 # Print order of the loss terms (the original's).
 LOSS_TYPES = ['B', 'C', 'M', 'P', 'D', 'E', 'S', 'I']
@@ -62,12 +64,17 @@ class Progress:
                 f'timer: {elapsed:.3f} || fps: {fps:.2f} | avg fps: {self.avg_fps():.2f}')
 
 
-class Reporter:
-    """What a training run tells the console (global rank 0 only) and the JSON-lines log (`log`,
-    None when logging is off or on the other ranks)."""
+def _map_text(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{value:.2f}'
 
-    def __init__(self, log: Optional[Log], is_main: bool, global_batch: int, log_interval: int, max_iter: int):
-        self.log, self.is_main = log, is_main
+
+class Reporter:
+    """What a training run tells the console (global rank 0 only), the JSON-lines log (`log`,
+    None when logging is off or on the other ranks) and TensorBoard (`tensorboard`, likewise)."""
+
+    def __init__(self, log: Optional[Log], is_main: bool, global_batch: int, log_interval: int, max_iter: int,
+                 tensorboard: Optional[TensorBoardWriter] = None):
+        self.log, self.is_main, self.tensorboard = log, is_main, tensorboard
         self.log_interval, self.max_iter = log_interval, max_iter
         self.progress = Progress(global_batch=global_batch)
 
@@ -86,6 +93,9 @@ class Reporter:
             self.progress.add(losses, elapsed)
             if iteration % self.log_interval == 0:
                 self._print(self.progress.line(epoch, iteration, losses.keys(), elapsed, self.max_iter))
+            if self.tensorboard is not None:
+                speed = self.progress.global_batch / elapsed if elapsed > 0 else None
+                self.tensorboard.train_step(iteration, losses, total, lr, speed)
         loss_info = {k: round(v, 5) for k, v in losses.items()}
         loss_info['T'] = round(total, 5)
         self._log('train', loss=loss_info, epoch=epoch, iter=iteration, lr=round(lr, 10), elapsed=elapsed,
@@ -103,9 +113,13 @@ class Reporter:
             val_info = {}
         else:
             box, mask = val_info.get('box', {}).get('all'), val_info.get('mask', {}).get('all')
-            self._print(f'Validation (epoch {epoch}, iteration {iteration}): box mAP {box}, mask mAP {mask} '
+            self._print(f'Validation (epoch {epoch}, iteration {iteration}): box mAP {_map_text(box)}, '
+                        f'mask mAP {_map_text(mask)} '
                         f'({elapsed:.1f}s)')
         self._log('val', val_info, elapsed=elapsed, epoch=epoch, iter=iteration)
+        if self.tensorboard is not None:
+            self.tensorboard.validation(iteration, val_info)
+            self.tensorboard.flush()
 
     def interrupted(self, signal_name: str, epoch: int, iteration: int, path: Optional[str]) -> None:
         self._log('interrupt', signal=signal_name, epoch=epoch, iter=iteration, checkpoint=path)
@@ -120,3 +134,8 @@ class Reporter:
                     f'final_loss={final_loss:.4f} nonfinite_skipped={nonfinite_total}')
         self._log('summary', iter=iteration, images_per_sec=fps, final_loss=final_loss,
                   nonfinite_skipped=nonfinite_total, checkpoint=path)
+
+    def close(self) -> None:
+        """Write out what is buffered (TensorBoard); called when training ends, however it ends."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
