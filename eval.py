@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from data.coco import (COCODetection, DatasetFileNotFoundError, DatasetFormatError, ImageLoadError,
-                       coco_dataset_paths, get_label_map)
-from data.config import ConfigError, cfg, set_cfg, set_dataset
+                       dataset_from_annotations, get_label_map, user_dataset_paths)
+from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
 from layers.output_utils import postprocess
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
@@ -34,7 +34,7 @@ from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
                              evalimages, evalvideo, open_video)
 from utils.visualize import DrawOptions
-from yolact import load_model
+from yolact import load_model, use_checkpoint_classes
 
 # Set by parse_args, read by evaluate() when no options are passed (the original's train.py calls
 # eval.parse_args([...]) and then eval.evaluate(net, dataset, train_mode=True)).
@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         '(yolact_base_54_800000.pth -> yolact_base_config)')
     p.add_argument('--dataset', default=None,
                    help="dataset of data/config.py to use instead of the config's (e.g. coco2017_dataset)")
-    p.add_argument('--val_data', default=None,
+    p.add_argument('--val_data', '--data', dest='val_data', default=None,
                    help='evaluate on this folder: a COCO root (val2017/, annotations/instances_val2017.json) '
-                        'or a synthetic-data root (val/, instances_val.json)')
+                        'or the layout of data.synthetic / data.labelme2coco (val/, instances_val.json)')
+    p.add_argument('--valid_images', default=None, help='folder of the evaluation images (with --valid_info)')
+    p.add_argument('--valid_info', default=None, help='COCO annotation file of the evaluation images')
     p.add_argument('--node_device', '--eval_device', dest='node_device', default=None,
                    help='cpu, cuda or npu (optionally :N); default: npu, else cuda, else cpu')
     p.add_argument('--cuda', type=str2bool, default=None, metavar='BOOL',
@@ -128,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--video', default=None,
                    help='video file or webcam index to process: path_or_index[:out.mp4]')
     p.add_argument('--video_multiframe', default=1, type=int, help='video frames per network batch')
+    add_bool_flag(p, 'save_json', False,
+                  '--image/--images: also write the drawn detections (same --top_k and --score_threshold) '
+                  'beside each picture, OUT.png -> OUT.json: image, height, width and a best-first list of '
+                  '{class_name, class_id, score, box [x1, y1, x2, y2], mask {rle (COCO), polygons, area}} '
+                  '(no mask with --detect); a picture only shown in a window: beside the input as '
+                  'IN_yolact.json', negative='')
+    add_bool_flag(p, 'save_masks', False,
+                  '--image/--images: also write OUT.png -> OUT_instances.png, a 16-bit single-channel PNG '
+                  'of the input\'s size: 0 background, the i-th detection of the JSON list (1-based) painted '
+                  'i, the better score winning overlaps; a picture only shown in a window: beside the input '
+                  'as IN_yolact_instances.png', negative='')
     return p
 
 
@@ -163,14 +176,27 @@ def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> st
     return found
 
 
-def setup_config(opts: argparse.Namespace) -> None:
-    """Activate the config (given or inferred), the dataset override and --detect."""
+def setup_config(opts: argparse.Namespace, evaluating: bool = False) -> None:
+    """Activate the config (given or inferred), the dataset override, the checkpoint's classes and
+    --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
+    against the checkpoint's, and its category ids are used."""
     if opts.config is None:
         opts.config = config_name_from_checkpoint(opts.trained_model)
         print(f'Config not specified. Parsed {opts.config} from the file name.')
     set_cfg(opts.config)
     if opts.dataset is not None:
         set_dataset(opts.dataset)
+    from_file = use_checkpoint_classes(opts.trained_model)
+    paths = user_dataset_paths(opts.val_data, {'valid_images': opts.valid_images, 'valid_info': opts.valid_info},
+                               splits=('val',)) if evaluating else None
+    if paths is not None:
+        dataset = dataset_from_annotations(paths, splits=('val',))
+        names, wanted = tuple(dataset.class_names), tuple(cfg.dataset.class_names)
+        # A checkpoint without a class list is trusted with the dataset's names if the count fits.
+        if names != wanted and (from_file or len(names) != len(wanted)):
+            raise EvalError(f"{paths.valid_info} lists {describe_classes(names)} but the model predicts "
+                            f"{describe_classes(wanted)}; evaluate on a dataset of the classes it was trained on")
+        use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
         cfg.eval_mask_branch = False
 
@@ -183,12 +209,8 @@ def device_from_flags(opts: argparse.Namespace) -> torch.device:
 
 
 def build_dataset(opts: argparse.Namespace) -> COCODetection:
-    """The evaluation dataset: --val_data if given, else the config's valid_images / valid_info."""
-    if opts.val_data is not None:
-        paths = coco_dataset_paths(opts.val_data, splits=('val',))
-        images, info = paths.valid_images, paths.valid_info
-    else:
-        images, info = cfg.dataset.valid_images, cfg.dataset.valid_info
+    """The evaluation dataset: the active config's (setup_config puts --val_data / --valid_* there)."""
+    images, info = cfg.dataset.valid_images, cfg.dataset.valid_info
     for path, what in ((images, 'image folder'), (info, 'annotation file')):
         if not os.path.exists(path):
             raise DatasetFileNotFoundError(
@@ -365,13 +387,20 @@ def inference_options(opts: argparse.Namespace) -> InferenceOptions:
                        display_text=opts.display_text, display_scores=opts.display_scores)
     return InferenceOptions(draw=draw, crop_masks=opts.crop, display_lincomb=opts.display_lincomb,
                             display_fps=opts.display_fps, video_multiframe=opts.video_multiframe,
-                            no_bar=opts.no_bar)
+                            no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks)
 
 
 def check_media_inputs(opts: argparse.Namespace) -> None:
     """Fail before the model is loaded when an --image/--images/--video input is unusable."""
     if sum(x is not None for x in (opts.image, opts.images, opts.video)) > 1:
         raise EvalError("give only one of --image, --images, --video")
+    saving = [f'--{name}' for name in ('save_json', 'save_masks') if getattr(opts, name)]
+    if saving and opts.image is None and opts.images is None:
+        raise EvalError(f"{' and '.join(saving)} need{'' if len(saving) > 1 else 's'} --image or --images"
+                        + (" (they write one file per picture, not per video frame)"
+                           if opts.video is not None else ""))
+    if opts.save_masks and opts.detect:
+        raise EvalError("--save_masks needs masks; --detect turns the mask branch off")
     if opts.image is not None:
         path, _ = split_in_out(opts.image)
         if not os.path.isfile(path):
@@ -417,11 +446,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = parse_args(argv)
     try:
         opts.trained_model = resolve_checkpoint(opts)
-        setup_config(opts)
-        device = device_from_flags(opts)
         media = any(x is not None for x in (opts.image, opts.images, opts.video))
+        setup_config(opts, evaluating=not media)
+        device = device_from_flags(opts)
+        check_media_inputs(opts)  # also rejects the media-only flags without media
         if media:
-            check_media_inputs(opts)
             dataset = None
         else:
             if not opts.benchmark:

@@ -35,7 +35,7 @@ from data.config import MEANS, STD, ConfigError, activation_func, cfg, set_cfg
 from layers.box_utils import decode
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
 from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
-from yolact import load_model
+from yolact import load_model, use_checkpoint_classes
 
 INPUT_NAME = 'images'
 OUTPUT_NAMES = ('boxes', 'scores', 'coeffs', 'proto')
@@ -333,6 +333,7 @@ def build_exportable(trained_model: str, config: Optional[str] = None,
         config = config_name_from_checkpoint(trained_model)
         print(f'Config not specified. Parsed {config} from the file name.')
     set_cfg(config)
+    use_checkpoint_classes(trained_model)
     if image_size is not None:
         if image_size < 32:
             raise ExportError(f"--image_size must be at least 32 pixels, got {image_size}")

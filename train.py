@@ -19,16 +19,16 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.graph import increment_version
 import torch.nn as nn
 import torch.utils.data as torch_data
 
-from data.coco import (Batch, COCODetection, check_dataset_files, coco_dataset_paths, detection_collate,
-                       prepare_batch)
-from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset
+from data.coco import (Batch, COCODetection, DatasetPaths, check_dataset_files, dataset_from_annotations,
+                       detection_collate, prepare_batch, user_dataset_paths)
+from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset, use_dataset
 from data.sampler import ResumableSampler, resumable_loader
 from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
@@ -41,6 +41,7 @@ from utils.distributed import (DistInfo, all_gather, all_ranks_agree, barrier, b
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
+from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
 from utils.signals import StopRequest
 from utils.train_state import (CheckpointWriteError, agree_on_resume, load_training_state,
                                make_training_state, restore_training_state, rng_states, seed_everything,
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='do not scale lr and schedule by global_batch / 8')
     # The Ascend port's flags.
     p.add_argument('--data', default=None,
-                   help='COCO root with train2017/, val2017/, annotations/ (replaces the dataset paths)')
+                   help='dataset root: COCO (train2017/, val2017/, annotations/) or the layout of data.synthetic '
+                        'and data.labelme2coco (train/, val/, instances_{train,val}.json); class names come '
+                        "from the annotations' categories and the class layers follow")
     p.add_argument('--node_device', default=None,
                    help='cpu, cuda or npu (default: npu if torch_npu imports, else cuda if available, else cpu)')
     p.add_argument('--seed', default=None, type=int, help='seed of torch, numpy, random and the data order')
@@ -99,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='iterations at batch 8 (default: config); autoscaled like the config value')
     p.add_argument('--local_rank', '--local-rank', default=None, type=int,
                    help='set by torch.distributed.launch; torchrun uses LOCAL_RANK instead')
+    # The original's dataset fields, as flags (replace the paths under --data, or name them all).
+    for split, what in (('train', 'training'), ('valid', 'validation')):
+        p.add_argument(f'--{split}_images', default=None, help=f'folder of the {what} images')
+        p.add_argument(f'--{split}_info', default=None, help=f'COCO annotation file of the {what} images')
+    p.add_argument('--finetune', default=None, metavar='PATH',
+                   help='start a new run from this checkpoint (same backbone): tensors whose name and shape '
+                        'match are loaded, the rest (e.g. the class layers for another class count) are '
+                        're-initialised; iteration 0, fresh optimizer and schedule')
     # This port's.
     p.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
     p.add_argument('--amp_dtype', default='auto', choices=AMP_CHOICES,
@@ -109,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='stop after this many non-finite losses in a row')
     p.add_argument('--coco_eval', default='pycocotools', choices=COCO_EVAL_BACKENDS,
                    help='COCOeval implementation of the validation mAP (faster: faster-coco-eval)')
+    p.add_argument('--tensorboard', action='store_true',
+                   help='also write losses, lr, speed, validation mAP and drawn detections to '
+                        '<log_folder>/tensorboard/<config name>/ (needs requirements-tensorboard.txt); '
+                        'view with: tensorboard --logdir <log_folder>/tensorboard')
     return p
 
 
@@ -127,6 +142,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.start_iter < -1:
         raise ValueError(f"--start_iter must be -1 or >= 0, got {args.start_iter}")
     check_coco_eval_backend(args.coco_eval)
+    if args.finetune is not None:
+        if args.resume not in (None, 'auto'):
+            raise ValueError(f"--finetune starts a new run and cannot go with --resume {args.resume} "
+                             f"(--resume auto restarts an interrupted fine-tune)")
+        if not os.path.isfile(args.finetune):
+            raise FileNotFoundError(f"--finetune: checkpoint not found: {args.finetune}")
     for name in ('lr', 'momentum', 'decay', 'gamma'):
         value = getattr(args, name)
         if value is not None and (not math.isfinite(value) or value < 0):
@@ -155,10 +176,12 @@ def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
     set_cfg(args.config or DEFAULT_CONFIG)
     if args.dataset is not None:
         set_dataset(args.dataset)
-    if args.data is not None:
-        # A run without validation needs no val2017/ (the performance scripts).
-        paths = coco_dataset_paths(args.data, ('train', 'val') if args.validation_epoch > 0 else ('train',))
-        cfg.dataset = cfg.dataset.copy(paths._asdict())
+    # A run without validation needs no validation files (the performance scripts).
+    splits = ('train', 'val') if args.validation_epoch > 0 else ('train',)
+    paths = user_dataset_paths(args.data, {f: getattr(args, f) for f in DatasetPaths._fields}, splits)
+    if paths is not None:
+        use_dataset(dataset_from_annotations(paths, splits), source=paths.train_info,
+                    say=print if info.is_main else None)
     if args.max_iter is not None:
         cfg.max_iter = args.max_iter
 
@@ -318,6 +341,24 @@ def init_weights(net: Yolact, save_folder: str) -> Optional[str]:
     return found[0] if found else None
 
 
+def start_weights(net: Yolact, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """A new run's weights: --finetune's matching tensors, else a pretrained backbone, else from scratch."""
+    if args.finetune is None:
+        backbone = init_weights(net, args.save_folder)
+        if backbone:
+            say(f'Initialized the backbone from {backbone}.')
+        elif cfg.backbone.path:
+            say(f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
+                f'training from scratch.')
+        else:
+            say(f'{cfg.backbone.name} has no pretrained weights: training from scratch.')
+        return
+    net.init_weights(backbone_path=None)
+    loaded, fresh = net.load_finetune_weights(args.finetune)
+    say(f'Fine-tuning from {args.finetune}: loaded {len(loaded)} tensors, re-initialised {len(fresh)}'
+        + (f' ({", ".join(fresh)})' if fresh else '') + '.')
+
+
 def _eval_module():
     try:
         import eval as eval_script  # noqa: the project's eval.py, not the builtin
@@ -333,7 +374,7 @@ class Trainer:
                  seed: int, net: Yolact, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: torch_data.DataLoader, sampler: ResumableSampler, val_set: Optional[COCODetection],
                  log: Optional[Log], scaler=None, amp_dtype: Optional[torch.dtype] = None,
-                 iteration: int = 0, nonfinite_total: int = 0):
+                 iteration: int = 0, nonfinite_total: int = 0, tensorboard: Optional[TensorBoardWriter] = None):
         self.args, self.info, self.device, self.sched, self.seed = args, info, device, sched, seed
         self.net, self.model, self.optimizer = net, model, optimizer
         self.loader, self.sampler, self.val_set = loader, sampler, val_set
@@ -345,7 +386,7 @@ class Trainer:
         self.lr = learning_rate(iteration, sched)
         self.stop = StopRequest()
         self.report = Reporter(log, info.is_main, args.batch_size * info.world_size, args.log_interval,
-                               sched.max_iter)
+                               sched.max_iter, tensorboard=tensorboard)
         self.start_iteration = iteration
 
     # ---------------------------------------------------------------- saving
@@ -362,7 +403,8 @@ class Trainer:
                                         self.device, self.scaler, self.nonfinite_total, config=cfg.name,
                                         rank_rngs=rank_rngs)
             try:
-                write_checkpoint(self.net, path, state, self.args.keep_latest, self.args.keep_latest_interval)
+                write_checkpoint(self.net, path, state, self.args.keep_latest, self.args.keep_latest_interval,
+                                 classes=(cfg.dataset.class_names, cfg.dataset.label_map))
             except CheckpointWriteError as err:
                 error = err
         if not all_ranks_agree(error is None, self.device):
@@ -378,6 +420,9 @@ class Trainer:
             val_info = _eval_module().validation_map(self.net, self.val_set, self.args.validation_size,
                                                      self.amp_dtype, self.args.coco_eval)
             self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start)
+            if self.report.tensorboard is not None:
+                self.report.tensorboard.predictions(self.net, self.val_set, self.iteration, cfg.dataset.class_names,
+                                                    self.amp_dtype)
         barrier()
 
     # ---------------------------------------------------------------- the loop
@@ -457,6 +502,7 @@ class Trainer:
             return 0
         finally:
             self.stop.restore()
+            self.report.close()
 
     def _interrupted(self, epoch: int) -> int:
         signum = self.stop.signum or signal.SIGINT
@@ -469,6 +515,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     """Everything before the first iteration; raises ConfigError / DeviceError / CheckpointError /
     FileNotFoundError / ValueError for bad input, before any training."""
     check_args(args)
+    if args.tensorboard:
+        check_tensorboard()
     info = info or dist_info_from_env(local_rank=args.local_rank)
     device = select_device(args.node_device or default_device_type(), info.local_rank)
     if device.type == 'cpu':
@@ -482,7 +530,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         _eval_module()
     if info.is_main:
         check_writable_folder(args.save_folder, '--save_folder')
-        if args.log:
+        if args.log or args.tensorboard:
             check_writable_folder(args.log_folder, '--log_folder')
 
     init_distributed(info, device)
@@ -504,17 +552,9 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
             print(f'{f"torchrun restart {restarts}: " if restarts else ""}Resuming training, loading {resume_path}...')
         net.load_weights(resume_path)
     else:
-        backbone = init_weights(net, args.save_folder)
-        if info.is_main:
-            if args.resume == 'auto':
-                print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}: a new run.')
-            if backbone:
-                print(f'Initialized the backbone from {backbone}.')
-            elif cfg.backbone.path:
-                print(f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
-                      f'training from scratch.')
-            else:
-                print(f'{cfg.backbone.name} has no pretrained weights: training from scratch.')
+        if info.is_main and args.resume == 'auto':
+            print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}: a new run.')
+        start_weights(net, args, say=print if info.is_main else lambda _: None)
     net.train()
     net.to(device)
 
@@ -544,8 +584,11 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
                        max_iter=sched.max_iter, lr_steps=sched.lr_steps, start_iter=iteration,
                        resumed_from=resume_path, restart=restarts)
         log = Log(cfg.name, args.log_folder, session, overwrite=False)
+    tensorboard = TensorBoardWriter(tensorboard_folder(args.log_folder, cfg.name), purge_step=iteration) \
+        if args.tensorboard and info.is_main else None
     return Trainer(args, info, device, sched, seed, net, model, sched_optimizer, loader, sampler, val_set,
-                   log, scaler=scaler, amp_dtype=amp_dtype, iteration=iteration, nonfinite_total=nonfinite_total)
+                   log, scaler=scaler, amp_dtype=amp_dtype, iteration=iteration, nonfinite_total=nonfinite_total,
+                   tensorboard=tensorboard)
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,17 +7,17 @@ follows its parameters (no `.cuda()`), and nothing is TorchScript (ONNX export, 
 """
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from backbone import construct_backbone
-from data.config import ConfigError, cfg, mask_type
+from data.config import ConfigError, cfg, describe_classes, mask_type
 from layers.functions.detection import Detect
 from layers.interpolate import InterpolateModule
-from utils.checkpoint import CheckpointError, load_state_dict_file, save_file
+from utils.checkpoint import CheckpointError, load_state_dict_file, read_classes, save_file
 from utils.device import prefers_channels_last  # noqa: F401  (re-exported: it used to live here)
 
 
@@ -297,20 +297,32 @@ class Yolact(nn.Module):
 
     def load_weights(self, path: str) -> None:
         """Load a checkpoint of this config, applying the original's compatibility rules."""
-        state_dict = load_state_dict_file(path)
-        for key in list(state_dict):
-            # Very old checkpoints carry a second copy of the backbone under 'backbone.layerN'.
-            if key.startswith('backbone.layer') and not key.startswith('backbone.layers'):
-                del state_dict[key]
-            # Checkpoints with more extra FPN levels than this config uses.
-            elif key.startswith('fpn.downsample_layers.') and cfg.fpn is not None \
-                    and int(key.split('.')[2]) >= cfg.fpn.num_downsample:
-                del state_dict[key]
+        state_dict = _compatible_keys(load_state_dict_file(path))
         self._check_compatible(state_dict, path)
         self.load_state_dict(state_dict)
         if self._compile_args is not None:
             # A frozen compiled network holds the old weights as constants.
             self.compile_network(**self._compile_args)
+
+    def load_finetune_weights(self, path: str) -> Tuple[List[str], List[str]]:
+        """Start from a checkpoint of another config or class count with the same backbone: every
+        tensor whose name and shape match is loaded, the others keep their fresh initialisation
+        (call init_weights first). Returns (loaded names, re-initialised names). Raises
+        CheckpointError when the backbone differs (nothing would transfer but noise)."""
+        state_dict = _compatible_keys(load_state_dict_file(path))
+        own = self.state_dict()
+        fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+        backbone_keys = [k for k in own if k.startswith('backbone.')]
+        # Also the checkpoint's extra ones: a ResNet-101's first blocks have a ResNet-50's shapes.
+        differ = [k for k in backbone_keys if k not in fits] + \
+            sorted(k for k in state_dict if k.startswith('backbone.') and k not in own)
+        if differ:
+            raise CheckpointError(
+                f"{path} has another backbone than config '{cfg.name}' ({cfg.backbone.name}): {len(differ)} "
+                f"backbone tensors are missing, extra or of another shape (e.g. {differ[0]}); "
+                f"--finetune needs a checkpoint of the same backbone")
+        self.load_state_dict(fits, strict=False)
+        return sorted(fits), sorted(k for k in own if k not in fits)
 
     def _check_compatible(self, state_dict: Dict[str, torch.Tensor], path: str) -> None:
         own = self.state_dict()
@@ -471,6 +483,58 @@ class Yolact(nn.Module):
             # The original keeps the raw background logit here and gates classes at 0.10.
             return torch.cat([conf[..., :1], (objectness > 0.10) * fg], dim=-1)
         return F.softmax(conf, dim=-1)
+
+
+def _compatible_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The original's compatibility rules for its checkpoints: keys this network never has go."""
+    for key in list(state_dict):
+        # Very old checkpoints carry a second copy of the backbone under 'backbone.layerN'.
+        if key.startswith('backbone.layer') and not key.startswith('backbone.layers'):
+            del state_dict[key]
+        # Checkpoints with more extra FPN levels than this config uses.
+        elif key.startswith('fpn.downsample_layers.') and cfg.fpn is not None \
+                and int(key.split('.')[2]) >= cfg.fpn.num_downsample:
+            del state_dict[key]
+    return state_dict
+
+
+def num_classes_in_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    """The class count (background included) a state_dict of the active config was trained
+    for, read from the first class layer's shape (anchors per cell x classes); None if absent."""
+    weight = state_dict.get('prediction_layers.0.conf_layer.weight')
+    if weight is None:
+        return None
+    priors = sum(len(x) * len(cfg.backbone.pred_scales[0]) for x in cfg.backbone.pred_aspect_ratios[0])
+    return weight.shape[0] // priors if weight.shape[0] % priors == 0 else None
+
+
+def use_checkpoint_classes(path: str, say: Optional[Callable[[str], None]] = print) -> bool:
+    """Give the active config the classes of the checkpoint at `path`, before the network is built.
+
+    From the <stem>.classes.json beside it when there is one (train.py writes it). Without it (the
+    original's checkpoints) the class count comes from the tensor shapes: the config's names when
+    the counts agree, else generic names 'class_1'... Returns True when the names came from the
+    file beside the checkpoint.
+    """
+    found = read_classes(path)
+    if found is not None:
+        names, label_map = found
+        cfg.dataset = cfg.dataset.copy({'class_names': names, 'label_map': label_map})
+        cfg.num_classes = len(names) + 1
+        if say is not None:
+            say(f'Classes from {os.path.basename(path)[:-4]}.classes.json: {describe_classes(names)}.')
+        return True
+    count = num_classes_in_checkpoint(load_state_dict_file(path))
+    if count is None or count == cfg.num_classes:
+        if say is not None:
+            say(f'No class list beside {os.path.basename(path)}: the config\'s {describe_classes(cfg.dataset.class_names)}.')
+        return False
+    if say is not None:
+        say(f'No class list beside {os.path.basename(path)}: its class layers hold {count - 1} classes, '
+            f'not the config\'s {cfg.num_classes - 1}; generic names class_1..class_{count - 1}.')
+    cfg.dataset = cfg.dataset.copy({'class_names': tuple(f'class_{i}' for i in range(1, count)), 'label_map': None})
+    cfg.num_classes = count
+    return False
 
 
 def load_model(path: str, device: torch.device) -> torch.nn.Module:

@@ -33,11 +33,12 @@ import torch.nn.functional as F
 import torch.utils.data as data
 from pycocotools import mask as mask_utils
 
-from .config import cfg
+from .config import Config, cfg, dataset_base
 
 __all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
            'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
-           'DatasetPaths', 'coco_dataset_paths']
+           'DatasetPaths', 'coco_dataset_paths', 'read_categories', 'dataset_from_annotations',
+           'user_dataset_paths']
 
 logger = logging.getLogger(__name__)
 
@@ -491,6 +492,39 @@ def coco_dataset_paths(root: str, splits: Sequence[str] = ('train', 'val')) -> D
     return paths
 
 
+def user_dataset_paths(root: Optional[str], explicit: Dict[str, Optional[str]],
+                       splits: Sequence[str] = ('train', 'val')) -> Optional[DatasetPaths]:
+    """The paths of a dataset given on the command line, or None when none is (the config's own
+    dataset is used then).
+
+    root: ``--data`` (a layout `coco_dataset_paths` reads). explicit: the ``--train_images``,
+    ``--train_info``, ``--valid_images``, ``--valid_info`` values (None where not given); they
+    replace the paths under `root`, or without a root must name every path of the `splits`.
+    """
+    given = {key: value for key, value in explicit.items() if value is not None}
+    if root is None and not given:
+        return None
+    unknown = sorted(set(given) - set(DatasetPaths._fields))
+    if unknown:
+        raise ValueError(f"unknown dataset path field(s) {unknown}; known: {list(DatasetPaths._fields)}")
+    if root is not None:
+        # Paths given explicitly need not exist under the root.
+        needed = [s for s in splits if not all(f in given for f in _split_fields(s))]
+        base = coco_dataset_paths(root, needed)._asdict() if needed else {}
+    else:
+        missing = [f'--{f}' for s in splits for f in _split_fields(s) if f not in given]
+        if missing:
+            raise DatasetFileNotFoundError(f"a dataset given by paths needs {', '.join(missing)} too "
+                                           f"(or --data ROOT)")
+        base = {}
+    fields = {f: given.get(f, base.get(f, '')) for f in DatasetPaths._fields}
+    return DatasetPaths(**fields)
+
+
+def _split_fields(split: str) -> Tuple[str, str]:
+    return ('train_images', 'train_info') if split == 'train' else ('valid_images', 'valid_info')
+
+
 def check_dataset_files(dataset: Any, need_val: bool) -> None:
     """Fail before training when an image folder or annotation file of `dataset` (a cfg.dataset)
     is missing; the validation ones only when `need_val`."""
@@ -503,3 +537,67 @@ def check_dataset_files(dataset: Any, need_val: bool) -> None:
             kind = 'folder' if is_dir else 'file'
             raise DatasetFileNotFoundError(f"dataset '{dataset.name}': {key} {kind} not found: {path} "
                                            f"(use --data=<COCO root> or a --dataset whose paths exist)")
+
+
+# ----------------------------------------------------------------------------- datasets from files
+
+Category = Tuple[int, str]
+
+
+def read_categories(info_file: str) -> List[Category]:
+    """The ``categories`` of a COCO annotation file as (id, name) pairs, sorted by id.
+
+    Any ids are accepted (COCO's skip numbers); ids must be unique integers. Raises
+    DatasetFileNotFoundError / DatasetFormatError with one line naming the file.
+    """
+    content = _load_json(info_file)
+    cats = content.get('categories') if isinstance(content, dict) else None
+    if not isinstance(cats, list) or not cats:
+        raise DatasetFormatError(f"{info_file}: no 'categories' list, so the class names are unknown "
+                                 f"(every COCO instances file lists its categories)")
+    pairs = []
+    for i, cat in enumerate(cats):
+        if not isinstance(cat, dict) or not isinstance(cat.get('id'), int) or isinstance(cat.get('id'), bool) \
+                or not isinstance(cat.get('name'), str):
+            raise DatasetFormatError(f"{info_file}: categories[{i}] needs an integer 'id' and a string 'name'")
+        pairs.append((cat['id'], cat['name']))
+    ids = [cat_id for cat_id, _ in pairs]
+    repeated = sorted({cat_id for cat_id in ids if ids.count(cat_id) > 1})
+    if repeated:
+        raise DatasetFormatError(f"{info_file}: category id(s) {', '.join(map(str, repeated))} listed twice")
+    return sorted(pairs)
+
+
+def dataset_from_annotations(paths: DatasetPaths, splits: Sequence[str] = ('train', 'val'),
+                             name: Optional[str] = None) -> Config:
+    """A dataset config (the fields of ``cfg.dataset``) whose class names and label map come from
+    the annotation files' ``categories``: names in category-id order, ids mapped to 1..N.
+
+    Only the `splits` asked for are read ('train', 'val'). When both are, their categories must
+    agree (same ids, same names), else DatasetFormatError naming both files: a model trained on
+    one numbering would be scored against another.
+    """
+    files = [paths.train_info if split == 'train' else paths.valid_info for split in splits]
+    categories = read_categories(files[0])
+    for other in files[1:]:
+        other_categories = read_categories(other)
+        if other_categories != categories:
+            only_first = sorted(set(categories) - set(other_categories))
+            only_other = sorted(set(other_categories) - set(categories))
+            raise DatasetFormatError(
+                f"the categories of {files[0]} and {other} disagree (only in the first: "
+                f"{_format_categories(only_first)}; only in the second: {_format_categories(only_other)})")
+    return dataset_base.copy({
+        'name': name or osp.basename(osp.dirname(osp.abspath(files[0]))) or files[0],
+        'train_images': paths.train_images, 'train_info': paths.train_info,
+        'valid_images': paths.valid_images, 'valid_info': paths.valid_info,
+        'class_names': tuple(cat_name for _, cat_name in categories),
+        'label_map': {cat_id: label for label, (cat_id, _) in enumerate(categories, start=1)},
+    })
+
+
+def _format_categories(categories: Sequence[Category], limit: int = 5) -> str:
+    if not categories:
+        return 'none'
+    shown = ', '.join(f'{cat_id} {cat_name!r}' for cat_id, cat_name in categories[:limit])
+    return shown + (', ...' if len(categories) > limit else '')

@@ -648,6 +648,29 @@ def set_dataset(dataset_name: str) -> None:
     cfg.dataset = _lookup(dataset_name, '_dataset')
 
 
+def describe_classes(names, limit: int = 8) -> str:
+    """'3 classes (coin, tile, badge)', shortened after `limit` names."""
+    names = list(names)
+    shown = ', '.join(names[:limit]) + (', ...' if len(names) > limit else '')
+    return f"{len(names)} class{'es' if len(names) != 1 else ''} ({shown})"
+
+
+def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
+    """Make `dataset` (a dataset Config whose classes were read from a file, e.g. by
+    data.coco.dataset_from_annotations) the active config's dataset. The class-dependent layers
+    follow: num_classes = classes + 1 (background). `say` gets one line of what was derived."""
+    before = cfg.num_classes
+    cfg.dataset = dataset
+    cfg.num_classes = len(dataset.class_names) + 1
+    if say is not None:
+        ids = sorted(dataset.label_map) if dataset.label_map else list(range(1, cfg.num_classes))
+        id_text = (f'category ids {ids[0]}..{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1))
+                   else f'category ids {", ".join(map(str, ids[:8]))}{", ..." if len(ids) > 8 else ""}')
+        change = '' if before == cfg.num_classes else f' (the config had {before})'
+        say(f'Classes from {source}: {describe_classes(dataset.class_names)}, {id_text} -> labels '
+            f'1..{cfg.num_classes - 1}; num_classes {cfg.num_classes}{change}.')
+
+
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
 
 # Trains from scratch (no pretrained weights on a fresh machine) on the synthetic shapes, on two

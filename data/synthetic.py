@@ -38,7 +38,6 @@ shapes (the box of the visible pixels and a PNG of them), so the converted masks
 """
 import argparse
 import base64
-import io
 import json
 import multiprocessing
 import os

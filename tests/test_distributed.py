@@ -132,8 +132,8 @@ def test_two_process_training_only_rank0_writes(tiny, tmp_path):
     assert (tmp_path / 'rc0').read_text() == '0' and (tmp_path / 'rc1').read_text() == '0'
     names = sorted(p.name for p in (tmp_path / 'weights').iterdir())
     # 8 images / 2 ranks / batch 2 = 2 iterations per epoch.
-    assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_1_3.pth',
-                     'tiny_train_1_3.state.pt']
+    assert names == ['tiny_train_0_2.classes.json', 'tiny_train_0_2.pth', 'tiny_train_0_2.state.pt',
+                     'tiny_train_1_3.classes.json', 'tiny_train_1_3.pth', 'tiny_train_1_3.state.pt']
     from utils.logger import read_entries
     log = str(tmp_path / 'logs' / 'tiny_train.log')
     sessions = read_entries(log, 'session')

@@ -100,7 +100,7 @@ def test_performance_8p_two_processes_on_cpu(one_node):
     out, run = output / '0', run_dir(output)
     assert sorted(p.name for p in (run / 'weights').iterdir()) == sorted(
         f'{DEMO_NAME}_{it // 2 - 1}_{it}{ext}' for it in range(SAVE_EVERY, ITERS + 1, SAVE_EVERY)
-        for ext in ('.pth', '.state.pt'))  # 2 images per iteration, 4 per epoch
+        for ext in ('.pth', '.state.pt', '.classes.json'))  # 2 images per iteration, 4 per epoch
     entries = [json.loads(line) for line in (run / 'logs' / f'{DEMO_NAME}.log').read_text().splitlines()]
     assert [s['world_size'] for s in sessions(output)] == [2]
     assert [e['data']['iter'] for e in entries if e['type'] == 'train'] == list(range(ITERS))

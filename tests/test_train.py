@@ -165,12 +165,15 @@ def test_data_flag_points_the_dataset_at_a_coco_root(tiny, tmp_path):
     root = tmp_path / 'coco'
     for d in ('train2017', 'val2017', 'annotations'):
         (root / d).mkdir(parents=True)
+    categories = [{'id': 7, 'name': 'cat'}, {'id': 3, 'name': 'dog'}]
     for split in ('train', 'val'):
-        (root / 'annotations' / f'instances_{split}2017.json').write_text('{}')
+        (root / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps({'categories': categories}))
     train.configure(parse('--config', TINY_CONFIG, '--data', str(root)), train.DistInfo())
     assert cfg.dataset.train_images == str(root / 'train2017')
     assert cfg.dataset.valid_info == str(root / 'annotations' / 'instances_val2017.json')
-    assert cfg.dataset.class_names == config_module.SYNTHETIC_CLASSES  # only the paths change
+    # The classes are the annotations' (in id order), and the class layers follow.
+    assert cfg.dataset.class_names == ('dog', 'cat') and cfg.dataset.label_map == {3: 1, 7: 2}
+    assert cfg.num_classes == 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,8 +284,8 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
     weights = tmp_path / 'weights'
     names = sorted(p.name for p in weights.iterdir())
     # Epochs have 8 images / batch 2 = 4 iterations: iteration 2 ends in epoch 0, 4 is the final save.
-    assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_0_4.pth',
-                     'tiny_train_0_4.state.pt']
+    assert names == ['tiny_train_0_2.classes.json', 'tiny_train_0_2.pth', 'tiny_train_0_2.state.pt',
+                     'tiny_train_0_4.classes.json', 'tiny_train_0_4.pth', 'tiny_train_0_4.state.pt']
     state_dict = load_state_dict_file(str(weights / 'tiny_train_0_4.pth'))
     assert all(v.dtype != torch.float16 for v in state_dict.values())
     losses = train_losses(tmp_path / 'logs')
@@ -349,8 +352,8 @@ def test_keep_latest_keeps_only_the_newest_and_the_milestones(tiny, tmp_path):
                               '--keep_latest_interval', '2', '--no_log'))
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / 'weights').iterdir())
-    assert names == ['tiny_train_0_2.pth', 'tiny_train_0_2.state.pt', 'tiny_train_0_4.pth',
-                     'tiny_train_0_4.state.pt']
+    assert names == ['tiny_train_0_2.classes.json', 'tiny_train_0_2.pth', 'tiny_train_0_2.state.pt',
+                     'tiny_train_0_4.classes.json', 'tiny_train_0_4.pth', 'tiny_train_0_4.state.pt']
     assert not (tmp_path / 'logs').exists()
 
 

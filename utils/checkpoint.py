@@ -1,15 +1,16 @@
-"""Checkpoint file I/O: the one place that reads and writes .pth files.
+"""Checkpoint file I/O: the one place that reads and writes .pth files (and the class list beside them).
 
 Reading always uses `torch.load(weights_only=True)`, so a file crafted to run code when unpickled
 is refused. Writing goes through a temporary file and an atomic rename, so a crash or a kill during
 a save leaves the previous file intact.
 """
+import json
 import os
 import pickle
 import re
 import tempfile
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -79,3 +80,55 @@ def config_name_from_checkpoint(path: str) -> str:
     except ValueError as err:
         raise ConfigError(f"cannot infer the config: {err} (e.g. yolact_base_54_800000.pth); "
                           f"pass --config") from None
+
+
+# ----------------------------------------------------------------------------- class names
+
+CLASSES_FORMAT = 1
+
+
+def classes_path(weights_path: str) -> str:
+    """The class-list file that goes with a weights file: <stem>.classes.json."""
+    stem = weights_path[:-len('.pth')] if weights_path.endswith('.pth') else weights_path
+    return stem + '.classes.json'
+
+
+def write_classes(weights_path: str, config: str, class_names: Sequence[str],
+                  label_map: Optional[Dict[int, int]]) -> None:
+    """Write the classes a checkpoint predicts beside it, atomically. The .pth stays a plain
+    state_dict with the original's keys; the names travel in this JSON file: COCO-style
+    categories (id, name) in label order, so eval.py and export.py need no class flags."""
+    ids = {label: cat_id for cat_id, label in (label_map or {}).items()}
+    categories = [{'id': ids.get(label, label), 'name': name} for label, name in enumerate(class_names, start=1)]
+    text = json.dumps({'format': CLASSES_FORMAT, 'config': config, 'categories': categories}, indent=1)
+    path = classes_path(weights_path)
+    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                                    dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text + '\n')
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def read_classes(weights_path: str) -> Optional[Tuple[Tuple[str, ...], Dict[int, int]]]:
+    """(class names, label map category_id -> label) from the file beside `weights_path`, or
+    None when there is none (a checkpoint of the original, or one copied without it)."""
+    path = classes_path(weights_path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            content = json.load(f)
+        categories = content['categories']
+        names = tuple(str(cat['name']) for cat in categories)
+        label_map = {int(cat['id']): label for label, cat in enumerate(categories, start=1)}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a class list of this project ({_first_line(err)}); "
+                              f"delete it to fall back to the config's classes") from None
+    if not names or len(label_map) != len(names):
+        raise CheckpointError(f"{path}: no classes, or a category id listed twice")
+    return names, label_map

@@ -3,18 +3,19 @@ them, and finding the checkpoint a run resumes from.
 
 A checkpoint is `<config>_<epoch>_<iter>.pth` (a plain state_dict, loadable by the original code)
 plus `<config>_<epoch>_<iter>.state.pt` (optimizer, LR position, RNG states, data order, AMP
-scaler), so a resumed run continues exactly where it stopped. The state is written first and the
+scaler), so a resumed run continues exactly where it stopped, and `<config>_<epoch>_<iter>.classes.json`
+(the class names the model predicts, for eval.py and export.py). The state is written first and the
 weights last, each atomically: a weights file on disk marks a complete checkpoint.
 """
 import os
 import random
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from utils.checkpoint import CheckpointError, load_file, save_file
+from utils.checkpoint import CheckpointError, classes_path, load_file, save_file, write_classes
 from utils.distributed import DistInfo, all_gather, broadcast_from_rank0
 from utils.functions import SavePath
 
@@ -131,7 +132,7 @@ def restore_training_state(weights_path: str, state: Optional[Dict[str, Any]], o
 # ----------------------------------------------------------------------------- writing
 
 def remove_checkpoint(weights_path: str) -> None:
-    for path in (weights_path, state_path(weights_path)):
+    for path in (weights_path, state_path(weights_path), classes_path(weights_path)):
         if os.path.exists(path):
             os.remove(path)
 
@@ -143,8 +144,10 @@ def is_complete(weights_path: str) -> bool:
 
 
 def write_checkpoint(net: Any, weights_path: str, state: Dict[str, Any], keep_latest: bool = False,
-                     keep_interval: int = 0) -> None:
-    """Write the training state, then the weights (`net.save_weights`), then tidy the folder.
+                     keep_interval: int = 0,
+                     classes: Optional[Tuple[Sequence[str], Optional[Dict[int, int]]]] = None) -> None:
+    """Write the training state and the class list (`classes`: names and label map), then the
+    weights (`net.save_weights`), then tidy the folder.
 
     An interrupt save replaces older interrupt saves. With `keep_latest`, a periodic save replaces
     the previous periodic one once it is complete, except milestones at multiples of
@@ -156,6 +159,8 @@ def write_checkpoint(net: Any, weights_path: str, state: Dict[str, Any], keep_la
     previous = None if interrupt else SavePath.get_latest(folder, config, include_interrupt=False)
     try:
         save_file(state, state_path(weights_path))
+        if classes is not None:
+            write_classes(weights_path, state.get('config', ''), *classes)
         net.save_weights(weights_path)
     except Exception as err:
         raise CheckpointWriteError(f"could not write checkpoint {weights_path}: {err}; earlier checkpoints "
