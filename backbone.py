@@ -38,9 +38,14 @@ class DCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset_y_x_1, offset_y_x_2, modulation = torch.chunk(self.conv_offset_mask(x), 3, dim=1)
         offset = torch.cat((offset_y_x_1, offset_y_x_2), dim=1)
+        mask = torch.sigmoid(modulation)
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            # torchvision has no bf16/fp16 CPU kernel for it and CPU autocast does not upcast it.
+            with torch.autocast('cpu', enabled=False):
+                return deform_conv2d(x.float(), offset.float(), self.weight, self.bias, stride=self.stride,
+                                     padding=self.padding, dilation=self.dilation, mask=mask.float())
         return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride,
-                             padding=self.padding, dilation=self.dilation,
-                             mask=torch.sigmoid(modulation))
+                             padding=self.padding, dilation=self.dilation, mask=mask)
 
 
 # Run a convolution followed by a frozen (eval-mode) BatchNorm as one convolution with the norm

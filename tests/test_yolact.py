@@ -187,6 +187,22 @@ def test_dcn_with_zero_offsets_is_a_half_weighted_conv():
     assert torch.allclose(dcn(x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_dcn_runs_under_cpu_autocast(dtype):
+    """torchvision's CPU deform_conv2d has no reduced-precision kernel: YOLACT++ with --amp on a CPU."""
+    torch.manual_seed(0)
+    dcn = DCN(4, 6)
+    with torch.no_grad():
+        dcn.conv_offset_mask.weight.normal_(0, 0.1)  # real offsets
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=dtype):
+        out = dcn(torch.nn.functional.conv2d(x, torch.ones(4, 4, 1, 1)))  # a reduced-precision input
+    out.float().sum().backward()
+    assert out.dtype == torch.float32 and torch.isfinite(x.grad).all() and dcn.weight.grad is not None
+    with torch.no_grad():
+        assert torch.allclose(out, dcn(torch.nn.functional.conv2d(x, torch.ones(4, 4, 1, 1))), atol=0.1)
+
+
 def test_batched_inference_at_550_on_cpu():
     torch.manual_seed(0)
     set_cfg('yolact_base_config')
