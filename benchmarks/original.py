@@ -11,7 +11,7 @@ names). What has to be patched, and why:
 - utils/cython_nms.pyx (traditional NMS) needs Cython and a compiler: a stand-in module that fails
   loudly if called. The benchmark runs Fast NMS per class (as eval.py), which never calls it.
 - The pretrained backbone is not loaded (`init_weights` is not called); every weight is filled
-  from its key name by tests/parity_fill.py, exactly as the port's rows, so both run identical weights.
+  from its key name by benchmarks/parity_fill.py, exactly as the port's rows, so both run identical weights.
 The TorchScript parts of the original (FPN, box utilities) still run on torch 2.x, with warnings.
 """
 import os

@@ -48,7 +48,10 @@ for run in scratch finetune; do
     echo; echo "== $run ($ITERS iterations)"; cat "$OUT/$run/eval.txt"
 done
 echo
-for run in scratch finetune; do
-    $PY -c 'import sys; from utils.coco_results import parse_map_table as p; m = p(open(sys.argv[1]).read()); print(f"{sys.argv[2]:>8}: box mAP {m[\"box\"][\"all\"]:.2f}, mask mAP {m[\"mask\"][\"all\"]:.2f}")' \
-        "$OUT/$run/eval.txt" "$run"
-done
+$PY - "$OUT" <<'PY'
+import sys
+from utils.coco_results import parse_map_table
+for run in ('scratch', 'finetune'):
+    maps = parse_map_table(open(f'{sys.argv[1]}/{run}/eval.txt').read())
+    print(f"{run:>8}: box mAP {maps['box']['all']:.2f}, mask mAP {maps['mask']['all']:.2f}")
+PY

@@ -184,7 +184,7 @@ def test_frozen_compile_uses_weights_loaded_later(tmp_path):
 def test_channels_last_training_step_gives_the_plain_losses_and_gradients():
     """The layout train.py uses on AVX512/AMX CPUs (utils.device.prefers_channels_last): through
     MultiBoxLoss, the fp32 loss terms and every gradient stay the default layout's."""
-    from parity_fill import make_targets
+    from benchmarks.parity_fill import make_targets
     from train import NetLoss, build_criterion
     net = small_net(train=True)
     model = NetLoss(net, build_criterion())

@@ -1,7 +1,7 @@
 """Numerical parity with the original YOLACT (dbolya/yolact@57b8f2d).
 
 The reference outputs in tests/data/parity/ were recorded by running the original code (on CPU,
-through run-time shims) with weights from `tests/parity_fill.fill_state_dict`; see
+through run-time shims) with weights from `benchmarks/parity_fill.fill_state_dict`; see
 tests/data/parity/README.md. Here the port is filled with the same function and must reproduce:
 train-mode raw outputs, eval-mode detections (Fast NMS and cross-class Fast NMS), `postprocess`,
 and the `MultiBoxLoss` terms, plus a standalone `Detect` case with stored inputs.
@@ -21,7 +21,7 @@ from data.config import cfg, set_cfg
 from layers.functions.detection import Detect
 from layers.modules import MultiBoxLoss
 from layers.output_utils import postprocess
-from parity_fill import fill_state_dict, make_input, make_targets
+from benchmarks.parity_fill import fill_state_dict, make_input, make_targets
 from yolact import Yolact
 
 DATA = Path(__file__).parent / 'data' / 'parity'
