@@ -5,9 +5,12 @@
     python eval.py --trained_model weights/yolact_base_54_800000.pth --image in.jpg:out.png
     python eval.py --trained_model weights/yolact_base_54_800000.pth --images in_dir:out_dir
     python eval.py --trained_model weights/yolact_base_54_800000.pth --video in.mp4:out.mp4
+    python eval.py --trained_model yolact_base.int8.onnx --val_data data/coco   # an exported file
 
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
-file name (<config>_<epoch>_<iteration>.pth). train.py validates with `evaluate(net, dataset,
+file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8)
+runs in onnxruntime (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
+and class names come from its metadata. train.py validates with `evaluate(net, dataset,
 train_mode=True)`. The work is done in utils/coco_results.py (COCO conversion and COCOeval),
 utils/inference.py (images, videos, benchmark) and utils/visualize.py (drawing).
 """
@@ -33,6 +36,7 @@ from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_devi
 from utils.functions import SavePath
 from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
                              evalimages, evalvideo, open_video)
+from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions
 from yolact import load_model, use_checkpoint_classes
 
@@ -74,8 +78,9 @@ def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, hel
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='YOLACT evaluation: COCO mAP, FPS benchmark, or drawn detections.')
     p.add_argument('--trained_model', default='weights/yolact_base_54_800000.pth',
-                   help="checkpoint (.pth) to evaluate; 'interrupt' / 'latest': the newest interrupt "
-                        "save / checkpoint of --config in weights/")
+                   help="checkpoint (.pth) to evaluate, or a file written by export.py (.onnx, fp32 or "
+                        "int8; run in onnxruntime, config and classes from its metadata); 'interrupt' / "
+                        "'latest': the newest interrupt save / checkpoint of --config in weights/")
     p.add_argument('--config', default=None,
                    help='config name; default: parsed from the checkpoint file name '
                         '(yolact_base_54_800000.pth -> yolact_base_config)')
@@ -176,17 +181,22 @@ def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> st
     return found
 
 
-def setup_config(opts: argparse.Namespace, evaluating: bool = False) -> None:
+def setup_config(opts: argparse.Namespace, evaluating: bool = False,
+                 exported: Optional[Dict[str, Any]] = None) -> None:
     """Activate the config (given or inferred), the dataset override, the checkpoint's classes and
     --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
-    against the checkpoint's, and its category ids are used."""
-    if opts.config is None:
-        opts.config = config_name_from_checkpoint(opts.trained_model)
-        print(f'Config not specified. Parsed {opts.config} from the file name.')
-    set_cfg(opts.config)
-    if opts.dataset is not None:
-        set_dataset(opts.dataset)
-    from_file = use_checkpoint_classes(opts.trained_model)
+    against the checkpoint's, and its category ids are used. `exported`: the metadata of an
+    exported file, which gives the config and classes instead."""
+    if exported is not None:
+        from_file = use_exported_file_config(opts, exported)
+    else:
+        if opts.config is None:
+            opts.config = config_name_from_checkpoint(opts.trained_model)
+            print(f'Config not specified. Parsed {opts.config} from the file name.')
+        set_cfg(opts.config)
+        if opts.dataset is not None:
+            set_dataset(opts.dataset)
+        from_file = use_checkpoint_classes(opts.trained_model)
     paths = user_dataset_paths(opts.val_data, {'valid_images': opts.valid_images, 'valid_info': opts.valid_info},
                                splits=('val',)) if evaluating else None
     if paths is not None:
@@ -199,6 +209,29 @@ def setup_config(opts: argparse.Namespace, evaluating: bool = False) -> None:
         use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
         cfg.eval_mask_branch = False
+
+
+def use_exported_file_config(opts: argparse.Namespace, meta: Dict[str, Any]) -> bool:
+    """The config of an exported file: the one its metadata names, with its classes, input size
+    and NMS settings (--dataset still picks the dataset's paths). Returns True (the classes are
+    the file's own)."""
+    if opts.compile or opts.amp:
+        raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
+                        f"{os.path.basename(opts.trained_model)} runs as exported, in onnxruntime")
+    wanted = meta['config']
+    if opts.config is not None and opts.config.split('_config')[0] != wanted.split('_config')[0]:
+        raise EvalError(f"--config {opts.config}: {opts.trained_model} was exported from {wanted}, "
+                        f"which its metadata names; drop --config")
+    dataset = None
+    if opts.dataset is not None:
+        set_dataset(opts.dataset)
+        dataset = cfg.dataset
+    use_exported_config(meta)
+    if dataset is not None:
+        cfg.dataset = dataset.copy({'class_names': cfg.dataset.class_names, 'label_map': cfg.dataset.label_map})
+    print(f"Config {cfg.name} and {describe_classes(cfg.dataset.class_names)} from the metadata of "
+          f"{os.path.basename(opts.trained_model)}.")
+    return True
 
 
 def device_from_flags(opts: argparse.Namespace) -> torch.device:
@@ -447,7 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         opts.trained_model = resolve_checkpoint(opts)
         media = any(x is not None for x in (opts.image, opts.images, opts.video))
-        setup_config(opts, evaluating=not media)
+        session, meta = open_exported(opts.trained_model) if is_exported(opts.trained_model) else (None, None)
+        setup_config(opts, evaluating=not media, exported=meta)
         device = device_from_flags(opts)
         check_media_inputs(opts)  # also rejects the media-only flags without media
         if media:
@@ -456,7 +490,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not opts.benchmark:
                 check_coco_eval_backend(opts.coco_eval)
             dataset = build_dataset(opts)
-        net = load_model(opts.trained_model, device)
+        if session is not None:
+            net = load_exported(opts.trained_model, session, meta)
+        else:
+            net = load_model(opts.trained_model, device)
         if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None) is not None):
             net = net.to(memory_format=torch.channels_last)  # same results, faster convs here
         if opts.compile:
@@ -466,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             evaluate(net, dataset, opts=opts)
     except (CheckpointError, ConfigError, DeviceError, DatasetFileNotFoundError, DatasetFormatError,
-            ImageLoadError, InferenceError, EvalError, CocoEvalBackendError) as err:
+            ImageLoadError, InferenceError, EvalError, CocoEvalBackendError, RuntimeModelError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,7 @@
 
     python export.py --trained_model weights/yolact_base_54_800000.pth --output yolact_base.onnx
     python export.py --trained_model weights/yolact_base_54_800000.pth --format torchscript
+    python export.py --trained_model weights/yolact_base_54_800000.pth --int8 --calib_data data/coco
 
 The exported graph stops before non-maximum suppression, where a graph can no longer have fixed
 shapes. For a batch of images images (float32[B, 3, S, S], made by utils/onnx_postprocess.preprocess
@@ -17,22 +18,33 @@ stored in the model: ONNX metadata key 'yolact', TorchScript extra file 'yolact.
 The input size is fixed at export (the priors are constants of the graph); with --dynamic_batch the
 batch dimension is free. YOLACT++ (deformable convolutions) needs ONNX opset 19 or newer, where
 DeformConv exists; its mask-IoU head is exported beside the model as '<name>.maskiou.onnx' (or .pt).
+
+With --int8 the ONNX file is quantized for CPUs (onnxruntime static quantization, QDQ format,
+int8 weights per output channel, activation ranges calibrated on images of a COCO-format dataset);
+the layers that produce the boxes, mask coefficients and prototypes stay in float32 (see
+FLOAT_OUTPUTS). eval.py --trained_model FILE.onnx measures the mAP through the file.
 """
 import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from backbone import DCN
+from data.coco import COCODetection, DatasetFileNotFoundError, DatasetFormatError, coco_dataset_paths
 from data.config import MEANS, STD, ConfigError, activation_func, cfg, set_cfg
 from layers.box_utils import decode
+from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
 from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from yolact import load_model, use_checkpoint_classes
@@ -142,13 +154,17 @@ def _activation_name(fn: Any) -> str:
 
 
 def export_metadata(image_size: int, maskiou_file: Optional[str] = None,
-                    dynamic_batch: bool = False) -> Dict[str, Any]:
+                    dynamic_batch: bool = False, precision: str = 'fp32') -> Dict[str, Any]:
     """What utils/onnx_postprocess needs to pre- and post-process a model of the active config
-    exported for image_size x image_size input (stored in the exported file)."""
+    exported for image_size x image_size input (stored in the exported file), and what eval.py
+    needs to evaluate the file: config name, class names and their COCO category ids, precision
+    ('fp32' or 'int8')."""
     transform = cfg.backbone.transform
+    label_map = cfg.dataset.label_map
     return {
         'format_version': 1,
         'config': cfg.name,
+        'precision': precision,
         'input_name': INPUT_NAME,
         'output_names': list(OUTPUT_NAMES),
         'input_size': int(image_size),
@@ -161,6 +177,9 @@ def export_metadata(image_size: int, maskiou_file: Optional[str] = None,
         'to_float': bool(transform.to_float),
         'num_classes': cfg.num_classes,
         'class_names': list(cfg.dataset.class_names),
+        # category_ids[i] is the annotation id of class_names[i] (None: ids 1..N in order).
+        'category_ids': (None if label_map is None else
+                         [cat_id for cat_id, _ in sorted(label_map.items(), key=lambda item: item[1])]),
         'conf_thresh': cfg.nms_conf_thresh,
         'nms_thresh': cfg.nms_thresh,
         'top_k': cfg.nms_top_k,
@@ -289,6 +308,201 @@ def check_onnx(model: ExportableYolact, path: str, batch_sizes: Sequence[int] = 
     return worst
 
 
+# ----------------------------------------------------------------------------- int8 (ONNX)
+
+DEFAULT_CALIB_IMAGES = 100
+# The outputs whose layers stay in float32 in an int8 export: everything from the last convolution
+# before each of them to the output. Chosen by mAP through the file on the demo model
+# (benchmarks/README.md, "int8 deployment"): int8 box regressions cost 2.5 box mAP; int8 mask
+# coefficients and prototypes cost 0.1 mask mAP, kept in float32 as a margin for models with more
+# classes than the demo's six (about 9 % of yolact_base's int8 network time); int8 class scores
+# cost nothing measurable.
+FLOAT_OUTPUTS = ('boxes', 'coeffs', 'proto')
+
+
+def calibration_inputs(root: str, count: int = DEFAULT_CALIB_IMAGES) -> List[np.ndarray]:
+    """`count` images of the COCO-format dataset at `root` (its val split, else its train split),
+    evenly spread over the dataset, as network inputs float32[1, 3, S, S] made by the evaluation
+    transform (BaseTransform at cfg.max_size, what eval.py feeds the network).
+
+    Only the pixels are read: calibration measures the range of each activation, no labels.
+    """
+    if count < 1:
+        raise ExportError(f"--calib_images must be at least 1, got {count}")
+    try:
+        paths = coco_dataset_paths(root, ('val',))
+        images, info = paths.valid_images, paths.valid_info
+        if not os.path.isfile(info):
+            images, info = paths.train_images, paths.train_info
+    except DatasetFileNotFoundError:
+        paths = coco_dataset_paths(root, ('train',))
+        images, info = paths.train_images, paths.train_info
+    dataset = COCODetection(images, info, has_gt=False)
+    total = len(dataset.ids)
+    if total == 0:
+        raise ExportError(f"--calib_data: {info} lists no images")
+    picked = sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
+    transform = BaseTransform()
+    inputs = []
+    for index in picked:
+        img = transform(dataset.pull_image(index))[0]
+        inputs.append(np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32))
+    print(f'Calibrating on {len(inputs)} image(s) of {images}')
+    return inputs
+
+
+def float_nodes(model: Any, outputs: Sequence[str]) -> List[str]:
+    """Names of the nodes of an ONNX graph between each of `outputs` and the convolutions that
+    produce it, those convolutions included (walking back through every input that is not a weight
+    and stopping at each Conv): the prediction layers of the heads and the last protonet layer."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    weights = {init.name for init in model.graph.initializer}
+    found: Dict[str, None] = {}
+    pending = list(outputs)
+    seen = set()
+    while pending:
+        tensor = pending.pop()
+        node = producers.get(tensor)
+        if tensor in seen or node is None:
+            continue
+        seen.add(tensor)
+        found[node.name] = None
+        if node.op_type != 'Conv':
+            pending.extend(name for name in node.input if name and name not in weights)
+    return list(found)
+
+
+def _named_nodes(model: Any) -> None:
+    """Give every unnamed node a unique name (quantization excludes nodes by name)."""
+    taken = {node.name for node in model.graph.node if node.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f'{node.op_type}_{i}'
+            while name in taken:
+                name += '_'
+            node.name = name
+            taken.add(name)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Silence the quantizer's logging warnings, which are about its choices, not the user's: e.g.
+    that the GroupNorm scale vectors of the demo config cannot be quantized per channel (they stay
+    float, as intended)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input arrays."""
+
+    def __init__(self, inputs: Sequence[np.ndarray], input_name: str = INPUT_NAME):
+        self.inputs, self.input_name, self.position = list(inputs), input_name, 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.position >= len(self.inputs):
+            return None
+        self.position += 1
+        return {self.input_name: self.inputs[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def set_onnx_metadata(path: str, metadata: Dict[str, Any]) -> None:
+    """Store `metadata` under METADATA_KEY in the ONNX file at `path` (replacing any there)."""
+    import onnx
+    model = onnx.load(path)
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(model, path)
+
+
+def quantize_onnx(fp32_path: str, output: str, inputs: Sequence[np.ndarray],
+                  float_outputs: Sequence[str] = FLOAT_OUTPUTS,
+                  op_types: Optional[Sequence[str]] = None) -> List[str]:
+    """Quantize the fp32 ONNX file at `fp32_path` to int8 at `output`.
+
+    onnxruntime static quantization: QDQ format, int8 weights per output channel with 7-bit range
+    (reduce_range: no overflow in the u8 x s8 multiply-adds of CPUs without VNNI, such as AVX2),
+    uint8 activations whose ranges (min / max) are measured on `inputs` (float32[1, 3, S, S] each).
+    The layers of `float_outputs` stay in float32 (`float_nodes`); `op_types` limits which operator
+    types are quantized (default: every type onnxruntime can). The metadata stored in the fp32 file
+    is copied with 'precision': 'int8' and the calibration image count. Returns the nodes kept in
+    float32.
+    """
+    require('onnx', 'int8 quantization')
+    quantization = require('onnxruntime.quantization', 'int8 quantization')
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with tempfile.TemporaryDirectory(prefix='yolact-int8-') as tmp:
+        # Folds the constant subgraphs (BatchNorm scales multiplied into the conv weights), so
+        # every conv weight is an initializer that can be quantized per channel.
+        prepared = os.path.join(tmp, 'prepared.onnx')
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        model = onnx.load(prepared)
+        _named_nodes(model)
+        onnx.save(model, prepared)
+        keep_float = float_nodes(model, float_outputs)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), _quiet_logging():
+            warnings.simplefilter('ignore')
+            quantization.quantize_static(
+                prepared, output, _CalibrationReader(inputs),
+                quant_format=quantization.QuantFormat.QDQ,
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+                per_channel=True, reduce_range=True,
+                op_types_to_quantize=list(op_types) if op_types else None,
+                nodes_to_exclude=keep_float,
+                # MinMax keeps only each tensor's min and max per image (ReduceMin/ReduceMax
+                # outputs), so 100 images of yolact_base need little memory. (Its
+                # CalibMaxIntermediateOutputs option drops data in onnxruntime 1.32: not used.)
+                calibrate_method=quantization.CalibrationMethod.MinMax)
+    import onnxruntime
+    meta = json.loads(onnxruntime.InferenceSession(fp32_path, providers=['CPUExecutionProvider'])
+                      .get_modelmeta().custom_metadata_map[METADATA_KEY])
+    meta.update(precision='int8', calibration_images=len(inputs), float_outputs=list(float_outputs))
+    set_onnx_metadata(output, meta)
+    return keep_float
+
+
+def export_int8(model: ExportableYolact, path: str, inputs: Sequence[np.ndarray],
+                opset: Optional[int] = None, dynamic_batch: bool = False, check: bool = True
+                ) -> List[str]:
+    """Export `model` to ONNX in float32 (in a temporary folder; checked against PyTorch when
+    `check`), then quantize it to int8 at `path`, calibrated on `inputs`. Returns the files written
+    (YOLACT++'s mask-IoU head stays float32, beside `path`, named as export_onnx names it)."""
+    with tempfile.TemporaryDirectory(prefix='yolact-fp32-') as tmp:
+        fp32_path = os.path.join(tmp, os.path.basename(path))
+        written = export_onnx(model, fp32_path, opset, dynamic_batch)
+        if check:
+            diff = check_onnx(model, fp32_path, (1, 3) if dynamic_batch else (1,))
+            print(f'onnxruntime (float32) vs PyTorch: max abs difference {diff:.2e}')
+        quantize_onnx(fp32_path, path, inputs)
+        if check:
+            print(int8_difference(fp32_path, path, inputs[0]))
+        moved = [os.path.join(os.path.dirname(path), os.path.basename(extra)) for extra in written[1:]]
+        for extra, target in zip(written[1:], moved):
+            shutil.move(extra, target)
+    return [path] + moved
+
+
+def int8_difference(fp32_path: str, int8_path: str, image: np.ndarray) -> str:
+    """One line: how far the int8 file's outputs are from the float32 file's on one input."""
+    import onnxruntime
+    outs = [onnxruntime.InferenceSession(p, providers=['CPUExecutionProvider']).run(None, {INPUT_NAME: image})
+            for p in (fp32_path, int8_path)]
+    parts = [f'{name} {float(np.abs(a - b).max()):.2e}' for name, a, b in zip(OUTPUT_NAMES, *outs)]
+    return ('int8 vs float32 on a calibration image, max abs difference: ' + ', '.join(parts)
+            + ' (the mAP through the file: eval.py --trained_model FILE.onnx)')
+
+
 # ----------------------------------------------------------------------------- TorchScript
 
 def _trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -344,9 +558,9 @@ def build_exportable(trained_model: str, config: Optional[str] = None,
     return ExportableYolact(net)
 
 
-def default_output(trained_model: str, fmt: str) -> str:
+def default_output(trained_model: str, fmt: str, int8: bool = False) -> str:
     stem = os.path.splitext(trained_model)[0]
-    return stem + ('.onnx' if fmt == 'onnx' else '.pt')
+    return stem + ('.int8.onnx' if int8 else '.onnx' if fmt == 'onnx' else '.pt')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='config name; inferred from the checkpoint name if omitted '
                              '(yolact_base_54_800000.pth -> yolact_base_config)')
     parser.add_argument('--output', default=None,
-                        help='output file (default: the checkpoint path with .onnx or .pt)')
+                        help='output file (default: the checkpoint path with .onnx, .int8.onnx or .pt)')
     parser.add_argument('--format', choices=('onnx', 'torchscript'), default='onnx')
     parser.add_argument('--opset', type=int, default=None,
                         help=f'ONNX opset (default {DEFAULT_OPSET}, '
@@ -370,7 +584,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help='side of the square input in pixels (default: the config\'s max_size)')
     parser.add_argument('--no_check', dest='check', action='store_false',
                         help='ONNX: skip running the exported file with onnxruntime against PyTorch')
+    parser.add_argument('--int8', action='store_true',
+                        help='ONNX: quantize to int8 for CPUs (onnxruntime static quantization, QDQ, '
+                             'per-channel weights; box, coefficient and prototype layers stay float32), '
+                             'calibrated on --calib_data')
+    parser.add_argument('--calib_data', default=None, metavar='ROOT',
+                        help='--int8: a COCO-format dataset root (val2017/ + annotations/, or the '
+                             'layout of data.synthetic: val/ + instances_val.json); its val images '
+                             '(else its train images) calibrate the activation ranges')
+    parser.add_argument('--calib_images', type=int, default=None,
+                        help=f'--int8: calibration images, spread over the split (default {DEFAULT_CALIB_IMAGES})')
     return parser
+
+
+def check_int8_flags(args: argparse.Namespace) -> None:
+    """--int8 needs --calib_data (an existing folder) and the quantization tools; the calibration
+    flags need --int8."""
+    if not args.int8:
+        if args.calib_data is not None or args.calib_images is not None:
+            raise ExportError("--calib_data and --calib_images apply to --int8 only")
+        return
+    if args.calib_data is None:
+        raise ExportError("--int8 needs --calib_data ROOT: images of a COCO-format dataset to calibrate "
+                          "the activation ranges on (e.g. the model's validation set)")
+    if not os.path.isdir(args.calib_data):
+        raise ExportError(f"--calib_data: folder not found: {args.calib_data}")
+    if args.calib_images is not None and args.calib_images < 1:
+        raise ExportError(f"--calib_images must be at least 1, got {args.calib_images}")
+    if args.opset is not None and args.opset < 13:
+        raise ExportError(f"--int8 needs --opset 13 or newer (per-channel QuantizeLinear), got {args.opset}")
+    require('onnxruntime', 'int8 quantization')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -383,24 +626,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 require('onnxscript', 'ONNX export')
             if args.check:
                 require('onnxruntime', 'Checking the exported model (skip with --no_check)')
-        elif args.opset is not None or args.dynamic_batch:
-            raise ExportError("--opset and --dynamic_batch apply to --format onnx only")
+        elif args.opset is not None or args.dynamic_batch or args.int8:
+            raise ExportError("--opset, --dynamic_batch and --int8 apply to --format onnx only")
+        check_int8_flags(args)
         if not os.path.isfile(args.trained_model):
             raise CheckpointError(f"checkpoint not found: {args.trained_model}")
 
         model = build_exportable(args.trained_model, args.config, args.image_size)
-        output = args.output or default_output(args.trained_model, args.format)
+        output = args.output or default_output(args.trained_model, args.format, args.int8)
         folder = os.path.dirname(os.path.abspath(output))
         os.makedirs(folder, exist_ok=True)
 
-        if args.format == 'onnx':
+        if args.int8:
+            inputs = calibration_inputs(args.calib_data, args.calib_images or DEFAULT_CALIB_IMAGES)
+            written = export_int8(model, output, inputs, args.opset, args.dynamic_batch, args.check)
+        elif args.format == 'onnx':
             written = export_onnx(model, output, args.opset, args.dynamic_batch)
             if args.check:
                 diff = check_onnx(model, output, (1, 3) if args.dynamic_batch else (1,))
                 print(f'onnxruntime vs PyTorch: max abs difference {diff:.2e}')
         else:
             written = export_torchscript(model, output)
-    except (ExportError, ConfigError, CheckpointError) as err:
+    except (ExportError, ConfigError, CheckpointError, DatasetFileNotFoundError, DatasetFormatError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     for path in written:

@@ -10,9 +10,12 @@ Rows (see benchmarks/README.md for what each one times):
   train_base_fp32 / train_base_amp     yolact_base, batch 2: forward + MultiBoxLoss + backward + SGD step
   train_demo_fp32                      the demo config, batch 8 at 160 px (not in the default rows)
   detect                               Detect (decode, threshold, Fast NMS, top 100) on 19248 x 81 scores
+  runtime_base_fp32 / runtime_base_int8   yolact_base exported by export.py (float32 / int8), run in
+                                       onnxruntime on the CPU, + Detect + postprocess (not default)
+  eval_demo_fp32, runtime_demo_fp32 / runtime_demo_int8   the same three for the demo config at 160 px
 `amp` is torch.autocast in bfloat16 on CPU (AMX where the CPU has it) and float16 on CUDA.
 
-Every row uses the same deterministic weights (tests/parity_fill.py, filled from the key names) and
+Every row uses the same deterministic weights (benchmarks/parity_fill.py, filled from the key names) and
 the same deterministic input, so fp32 figures can be set beside the original implementation's.
 Each row runs in its own Python process, so its peak memory is its own.
 
@@ -21,6 +24,7 @@ FLOPs (flop counter) and the % of that rate it reaches. `--compare-original DIR`
 also on the original YOLACT checked out in DIR (benchmarks/original.py), right after the port's.
 """
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -34,20 +38,24 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO, os.path.join(REPO, 'tests')):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
+# Imported before --compare-original takes the port's root off sys.path.
+from benchmarks.parity_fill import fill_tensor, make_input, make_targets  # noqa: E402
+
+
 class Row(NamedTuple):
-    """What a row runs: its kind, config, autocast or not, and (when not bench.py's --size and
-    batch 1 / 2) its own input size and batch."""
+    """What a row runs: its kind, config, autocast or not, (when not bench.py's --size and
+    batch 1 / 2) its own input size and batch, and for `runtime` rows the exported precision."""
     kind: str
     config: Optional[str]
     amp: bool
     size: Optional[int] = None
     batch: Optional[int] = None
+    precision: Optional[str] = None
 
 
 ROWS: Dict[str, Row] = {
@@ -60,15 +68,31 @@ ROWS: Dict[str, Row] = {
     # The 15-minute demo's training step (run_demo.sh: batch 8, 160 px; float32 where bf16 is not native).
     'train_demo_fp32': Row('train', 'yolact_resnet18_synthetic_config', False, size=160, batch=8),
     'detect': Row('detect', None, False),
+    # The file export.py writes (float32, or --int8), run by onnxruntime as eval.py runs it
+    # (utils/runtime_model.RuntimeYolact), then the same Detect and postprocess as the eval rows.
+    'runtime_base_fp32': Row('runtime', 'yolact_base_config', False, precision='fp32'),
+    'runtime_base_int8': Row('runtime', 'yolact_base_config', False, precision='int8'),
+    'eval_demo_fp32': Row('eval', 'yolact_resnet18_synthetic_config', False, size=160),
+    'runtime_demo_fp32': Row('runtime', 'yolact_resnet18_synthetic_config', False, size=160, precision='fp32'),
+    'runtime_demo_int8': Row('runtime', 'yolact_resnet18_synthetic_config', False, size=160, precision='int8'),
 }
-DEFAULT_ROWS = [name for name in ROWS if name != 'train_demo_fp32']
+# The rows that need export tools (requirements-export.txt) and minutes of export are asked for by name.
+DEFAULT_ROWS = [name for name in ROWS
+                if name != 'train_demo_fp32' and ROWS[name].kind != 'runtime' and 'demo' not in name]
+RUNTIME_ROWS = ['eval_base_fp32', 'runtime_base_fp32', 'runtime_base_int8',
+                'eval_demo_fp32', 'runtime_demo_fp32', 'runtime_demo_int8']
 
 # The original's row each port row is set beside (`--compare-original`): the original has no
 # autocast, so `amp` rows are compared with its float32 row; the demo config is the port's own.
 ORIGINAL_ROWS = {'eval_base_fp32': 'eval_base_fp32', 'eval_base_amp': 'eval_base_fp32',
+                 'runtime_base_fp32': 'eval_base_fp32', 'runtime_base_int8': 'eval_base_fp32',
                  'eval_r50_fp32': 'eval_r50_fp32', 'eval_r50_amp': 'eval_r50_fp32',
                  'train_base_fp32': 'train_base_fp32', 'train_base_amp': 'train_base_fp32',
                  'detect': 'detect'}
+
+# Calibration inputs of the int8 rows (deterministic images like the timed one).
+RUNTIME_CALIB_IMAGES = 4
+RUNTIME_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'yolact_bench')
 
 # Detect row: the prior count of yolact_base at 550 px and COCO's 80 classes + background.
 DETECT_PRIORS = 19248
@@ -97,42 +121,18 @@ class Settings:
 def fill_weights(net: torch.nn.Module) -> None:
     """Overwrite every tensor of the state_dict in place with its name-seeded value.
 
-    Uses tests/parity_fill.py (the weights the parity data was recorded with) when it is there,
-    else a generator seeded per key. In place and one key at a time, so no second copy of the
-    weights is ever held (it would inflate the peak memory of every row).
+    The weights the parity data was recorded with (benchmarks/parity_fill.py). In place and one
+    key at a time, so no second copy of the weights is ever held (it would inflate the peak
+    memory of every row).
     """
-    try:
-        from parity_fill import fill_tensor
-    except ImportError:
-        fill_tensor = _seeded_tensor
     with torch.no_grad():
         for name, tensor in net.state_dict().items():
             tensor.copy_(fill_tensor(name, list(tensor.shape), tensor.dtype))
 
 
-def _seeded_tensor(name: str, shape: List[int], dtype: torch.dtype) -> torch.Tensor:
-    """Fallback init: uniform He-style weights, small biases and BN statistics near (0, 1)."""
-    import zlib
-    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    if not dtype.is_floating_point:
-        return torch.zeros(shape, dtype=dtype)
-    if name.endswith('running_var') or (name.endswith('weight') and len(shape) == 1):
-        return (0.8 + 0.4 * torch.rand(shape, generator=gen)).to(dtype)
-    if name.endswith('weight') and len(shape) >= 2:
-        bound = (6.0 / max(1, int(torch.tensor(shape[1:]).prod()))) ** 0.5
-        gain = 0.2 if 'conf_layer' in name else 1.0
-        return ((torch.rand(shape, generator=gen) * 2 - 1) * bound * gain).to(dtype)
-    return ((torch.rand(shape, generator=gen) - 0.5) * 0.1).to(dtype)
-
-
 def make_image(batch: int, size: int) -> torch.Tensor:
-    """Deterministic normalised image batch, Tensor[batch, 3, size, size] (parity_fill's when present)."""
-    try:
-        from parity_fill import make_input
-        return make_input(batch, size, size)
-    except ImportError:
-        gen = torch.Generator().manual_seed(1234)
-        return torch.randn(batch, 3, size, size, generator=gen)
+    """Deterministic normalised image batch, Tensor[batch, 3, size, size] (parity_fill's)."""
+    return make_input(batch, size, size)
 
 
 def detect_inputs(num_priors: int = DETECT_PRIORS, num_classes: int = DETECT_CLASSES,
@@ -295,7 +295,6 @@ def build_net(config: str, size: int, device: torch.device, train: bool, freeze_
 def train_batch(batch: int, size: int, num_classes: int):
     """Images, targets, masks and crowd counts of a training batch: parity_fill's two images and
     their objects, repeated to `batch`, class indices folded into the config's classes."""
-    from parity_fill import make_targets
     targets, masks, num_crowds = make_targets(size, size)
     reps = -(-batch // len(targets))
     targets = [t.clone() for t in targets * reps][:batch]
@@ -397,6 +396,83 @@ def run_detect(s: Settings, device: torch.device) -> Dict:
             **peak_memory(device)}
 
 
+def exported_file(row: Row, size: int, net) -> str:
+    """The ONNX file of `net` (row's config, deterministic weights) that export.py writes, float32
+    or int8 (calibrated on RUNTIME_CALIB_IMAGES deterministic inputs), made once and cached under
+    RUNTIME_CACHE by config, size, precision and the hash of the code that shapes the graph."""
+    import hashlib
+
+    import export
+    code = hashlib.sha256()
+    for rel in ('export.py', 'yolact.py', 'backbone.py', 'data/config.py', 'layers/box_utils.py',
+                'benchmarks/parity_fill.py'):
+        path = os.path.join(REPO, rel)
+        if os.path.isfile(path):
+            with open(path, 'rb') as f:
+                code.update(f.read())
+    key = f"{row.config}_{size}_{row.precision}_{torch.__version__}_{code.hexdigest()[:12]}"
+    path = os.path.join(RUNTIME_CACHE, key + '.onnx')
+    if os.path.isfile(path):
+        return path
+    os.makedirs(RUNTIME_CACHE, exist_ok=True)
+    model = export.ExportableYolact(net)
+    partial = path + f'.{os.getpid()}.tmp.onnx'
+    with contextlib.redirect_stdout(sys.stderr):
+        if row.precision == 'int8':
+            images = make_image(RUNTIME_CALIB_IMAGES, size)
+            inputs = [images[i:i + 1].numpy() for i in range(RUNTIME_CALIB_IMAGES)]
+            export.export_int8(model, partial, inputs, check=False)
+        else:
+            export.export_onnx(model, partial)
+    os.replace(partial, path)
+    return path
+
+
+def run_runtime(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
+    """An exported file in onnxruntime (CPU) + the repository's Detect + postprocess, as eval.py
+    runs a .onnx; the same deterministic weights and input as the eval rows. FLOPs are those of
+    the PyTorch network the file was exported from."""
+    from layers.output_utils import postprocess
+    from utils.runtime_model import load_exported
+    net = build_net(row.config, size, torch.device('cpu'), train=False)
+    path = exported_file(row, size, net)
+    with contextlib.redirect_stdout(sys.stderr):
+        runtime = load_exported(path)
+    if s.threads:
+        runtime.session = _session_with_threads(path, s.threads)
+    runtime.detect.use_fast_nms = True
+    image = make_image(1, size)
+    counts = []
+
+    def step():
+        with torch.inference_mode():
+            dets = runtime(image)
+            classes, scores, boxes, masks = postprocess(dets, size, size)
+        counts.append(int(classes.shape[0]))
+
+    def forward():
+        with torch.inference_mode():
+            net(image)
+
+    reset_peak_memory(device)
+    times, first = time_calls(step, max(s.warmup, 1), s.repeats, torch.device('cpu'))
+    rec = {'seconds': times, 'unit': 'ms/img', 'scale': 1000.0, 'detections': counts[-1],
+           'first_call_s': first, 'precision': row.precision, 'file_mb': os.path.getsize(path) / 2 ** 20,
+           **peak_memory(device)}
+    rec['flops'] = count_flops(forward)
+    return rec
+
+
+def _session_with_threads(path: str, threads: int):
+    """An onnxruntime session of `path` with `threads` intra-op threads (bench.py --threads)."""
+    import onnxruntime as ort
+
+    from utils.runtime_model import _session_options
+    options = _session_options(ort)
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
 def run_original(row: Row, size: int, s: Settings, checkout: str) -> Dict:
     """The same row, timed the same way, on the original implementation in `checkout` (float32,
     CPU; see benchmarks/original.py for how it runs on today's torch)."""
@@ -458,6 +534,8 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
         row = row._replace(amp=amp)
         if row.kind == 'eval':
             rec = run_eval(row, size, s, device)
+        elif row.kind == 'runtime':
+            rec = run_runtime(row, size, s, device)
         elif row.kind == 'train':
             rec = run_train(row, size, s, device)
         else:
@@ -484,13 +562,39 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
 # Driver
 # ============================================================================================
 
-def machine_rates(device: torch.device) -> Dict[str, float]:
-    """GFLOP/s of a 4096 x 4096 matmul here: 'float32', and the autocast dtype where it is native."""
+def machine_rates(device: torch.device, int8: bool = False) -> Dict[str, float]:
+    """GFLOP/s of a 4096 x 4096 matmul here: 'float32', the autocast dtype where it is native, and
+    with `int8` onnxruntime's uint8 x int8 matmul (GOP/s), the yardstick of the int8 rows."""
     rates = {'float32': matmul_rate(device, torch.float32)}
     dtype = amp_dtype(device)
     if dtype is not None:
         rates[str(dtype).replace('torch.', '')] = matmul_rate(device, dtype)
+    if int8:
+        rates['int8'] = int8_matmul_rate()
     return rates
+
+
+def int8_matmul_rate(n: int = 4096, repeats: int = 3) -> float:
+    """onnxruntime's CPU rate in GOP/s for an n x n uint8 x int8 -> int32 matmul (MatMulInteger, the
+    kernel family its int8 convolutions use), best of `repeats` after one warm-up, at
+    torch.get_num_threads() threads."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-64, 64, size=(n, n), dtype=np.int8), 'b')
+    graph = helper.make_graph([helper.make_node('MatMulInteger', ['a', 'b'], ['y'])], 'mm',
+                              [helper.make_tensor_value_info('a', TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info('y', TensorProto.INT32, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    a = rng.integers(0, 255, size=(n, n), dtype=np.uint8)
+    times, _ = time_calls(lambda: session.run(None, {'a': a}), 1, repeats, torch.device('cpu'))
+    del onnx
+    return 2 * n ** 3 / min(times) / 1e9
 
 
 def add_rates(rec: Dict, rates: Dict[str, float]) -> None:
@@ -500,7 +604,7 @@ def add_rates(rec: Dict, rates: Dict[str, float]) -> None:
         return
     rec['gflop'] = rec['flops'] / 1e9
     rec['gflops'] = rec['gflop'] / statistics.median(rec['seconds'])
-    rate = rates.get(rec.get('amp') or 'float32')
+    rate = rates.get(rec.get('amp') or ('int8' if rec.get('precision') == 'int8' else 'float32'))
     if rate:
         rec['pct_of_matmul'] = 100 * rec['gflops'] / rate
 
@@ -583,7 +687,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--node_device', default='cpu', help='cpu, cuda or npu (as train.py/eval.py)')
     p.add_argument('--rows', nargs='+', default=DEFAULT_ROWS, choices=list(ROWS), metavar='ROW',
-                   help=f"rows to run (default: all but train_demo_fp32): {', '.join(ROWS)}")
+                   help=f"rows to run (default: all but train_demo_fp32, the demo and the runtime rows): "
+                        f"{', '.join(ROWS)}")
+    p.add_argument('--runtime', action='store_true',
+                   help=f"the deployment rows: {' '.join(RUNTIME_ROWS)} (PyTorch, onnxruntime float32 "
+                        f"and int8, end to end; needs requirements-export.txt; the first run exports "
+                        f"and caches the files in {RUNTIME_CACHE})")
     p.add_argument('--json', default=None, help='write the records to this JSON file')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s)')
     p.add_argument('--quick', action='store_true',
@@ -606,6 +715,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--child_settings', default=None, help=argparse.SUPPRESS)
     p.add_argument('--child_original', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.runtime:
+        args.rows = RUNTIME_ROWS
     if args.compare_original and (args.node_device != 'cpu' or args.in_process):
         p.error('--compare-original runs on the CPU, one process per row (no --node_device, no --in_process)')
     return args
@@ -650,7 +761,8 @@ def main(argv=None) -> int:
     device = select_device(s.device)
     machine = describe_cpu() if device.type == 'cpu' else f'{device} ({torch.cuda.get_device_name(device)})'
     print(machine, flush=True)
-    rates_before = machine_rates(device)
+    int8 = any(ROWS[name].precision == 'int8' for name in args.rows)
+    rates_before = machine_rates(device, int8)
     child_argv = ['--child_settings', json.dumps(asdict(s))]
     runs: Dict[Tuple[str, str], List[Dict]] = {}
     original_argv = child_argv + ['--child_original', os.path.abspath(args.compare_original or '.')]
@@ -667,7 +779,7 @@ def main(argv=None) -> int:
                 print(f"running {row} ({impl}) ...", file=sys.stderr, flush=True)
                 rec = run_row(row, s) if args.in_process else run_in_child(row, job_argv)
                 runs.setdefault((row, impl), []).append(rec)
-    rates_after = machine_rates(device)
+    rates_after = machine_rates(device, int8)
     # The rate the rows could have reached under the same load: the mean of before and after.
     rates = {k: (rates_before[k] + rates_after[k]) / 2 for k in rates_before}
     records = [merge_rounds(recs) for recs in runs.values()]
