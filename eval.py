@@ -23,19 +23,46 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from data.coco import (COCODetection, DatasetFileNotFoundError, DatasetFormatError, ImageLoadError,
-                       dataset_from_annotations, get_label_map, user_dataset_paths)
+from data.coco import (
+    COCODetection,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    ImageLoadError,
+    dataset_from_annotations,
+    get_label_map,
+    user_dataset_paths,
+)
 from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
 from layers.output_utils import postprocess
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.coco_results import (COCO_EVAL_BACKENDS, CocoEvalBackendError, CocoResults,
-                                check_coco_eval_backend, evaluate_results, format_map_table)
-from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type,
-                          prefers_channels_last, select_device)
+from utils.coco_results import (
+    COCO_EVAL_BACKENDS,
+    CocoEvalBackendError,
+    CocoResults,
+    check_coco_eval_backend,
+    evaluate_results,
+    format_map_table,
+)
+from utils.device import (
+    AMP_CHOICES,
+    DeviceError,
+    autocast_dtype,
+    default_device_type,
+    prefers_channels_last,
+    select_device,
+)
 from utils.functions import SavePath
-from utils.inference import (InferenceError, InferenceOptions, Predictor, benchmark, evalimage,
-                             evalimages, evalvideo, open_video)
+from utils.inference import (
+    InferenceError,
+    InferenceOptions,
+    Predictor,
+    benchmark,
+    evalimage,
+    evalimages,
+    evalvideo,
+    open_video,
+)
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions
 from yolact import load_model, use_checkpoint_classes

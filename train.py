@@ -22,30 +22,63 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.graph import increment_version
 import torch.nn as nn
 import torch.utils.data as torch_data
+from torch.autograd.graph import increment_version
 
-from data.coco import (Batch, COCODetection, DatasetPaths, check_dataset_files, dataset_from_annotations,
-                       detection_collate, prepare_batch, user_dataset_paths)
+from data.coco import (
+    Batch,
+    COCODetection,
+    DatasetPaths,
+    check_dataset_files,
+    dataset_from_annotations,
+    detection_collate,
+    prepare_batch,
+    user_dataset_paths,
+)
 from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset, use_dataset
 from data.sampler import ResumableSampler, resumable_loader
 from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError
 from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
-from utils.device import (AMP_CHOICES, DeviceError, autocast_dtype, default_device_type, grad_scaler,
-                          prefers_channels_last, select_device, synchronize)
-from utils.distributed import (DistInfo, all_gather, all_ranks_agree, barrier, broadcast_from_rank0,
-                               dist_info_from_env, init_distributed, restart_count, shutdown, wrap_ddp)
+from utils.device import (
+    AMP_CHOICES,
+    DeviceError,
+    autocast_dtype,
+    default_device_type,
+    grad_scaler,
+    prefers_channels_last,
+    select_device,
+    synchronize,
+)
+from utils.distributed import (
+    DistInfo,
+    all_gather,
+    all_ranks_agree,
+    barrier,
+    broadcast_from_rank0,
+    dist_info_from_env,
+    init_distributed,
+    restart_count,
+    shutdown,
+    wrap_ddp,
+)
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
-from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
 from utils.signals import StopRequest
-from utils.train_state import (CheckpointWriteError, agree_on_resume, load_training_state,
-                               make_training_state, restore_training_state, rng_states, seed_everything,
-                               write_checkpoint)
+from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
+from utils.train_state import (
+    CheckpointWriteError,
+    agree_on_resume,
+    load_training_state,
+    make_training_state,
+    restore_training_state,
+    rng_states,
+    seed_everything,
+    write_checkpoint,
+)
 from yolact import Yolact
 
 # The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
@@ -361,7 +394,7 @@ def start_weights(net: Yolact, args: argparse.Namespace, say: Callable[[str], No
 
 def _eval_module():
     try:
-        import eval as eval_script  # noqa: the project's eval.py, not the builtin
+        import eval as eval_script  # the project's eval.py, not the builtin
     except ImportError as err:
         raise ValueError(f"validation needs eval.py (import failed: {err}); use --validation_epoch -1") from None
     return eval_script

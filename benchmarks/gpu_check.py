@@ -61,16 +61,22 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402 - the project's modules, from the repository root
-from benchmarks.parity_fill import fill_state_dict, make_input, make_targets  # noqa: E402
 from backbone import BasicBlock, Bottleneck  # noqa: E402
+from benchmarks.parity_fill import fill_state_dict, make_input, make_targets  # noqa: E402
 from data.coco import COCODetection, detection_collate, prepare_batch  # noqa: E402
 from data.config import cfg, set_cfg  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from layers.functions.detection import Detect  # noqa: E402
 from layers.modules import MultiBoxLoss  # noqa: E402
 from layers.output_utils import postprocess  # noqa: E402
-from utils.device import (describe_cpu, distributed_backend, grad_scaler, prefers_channels_last,  # noqa: E402
-                          select_device, synchronize)
+from utils.device import (  # noqa: E402
+    describe_cpu,
+    distributed_backend,
+    grad_scaler,
+    prefers_channels_last,
+    select_device,
+    synchronize,
+)
 from utils.distributed import DistInfo  # noqa: E402
 from utils.inference import Predictor, benchmark  # noqa: E402
 from utils.train_state import seed_everything  # noqa: E402

@@ -1,3 +1,3 @@
 """Configs and datasets: ``from data import cfg, set_cfg, COCODetection, detection_collate, MEANS``."""
-from .config import *
 from .coco import *
+from .config import *

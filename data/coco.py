@@ -18,7 +18,6 @@ stream, so a long training run never dies on one bad file.
 """
 import json
 import logging
-import os
 import os.path as osp
 import random
 from collections import Counter

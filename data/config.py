@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from backbone import DarkNetBackbone, ResNetBackbone, VGGBackbone, BasicBlock
+from backbone import BasicBlock, DarkNetBackbone, ResNetBackbone, VGGBackbone
 
 # Colours for drawing detections, RGB.
 COLORS = ((244, 67, 54), (233, 30, 99), (156, 39, 176), (103, 58, 183), (63, 81, 181),

@@ -269,7 +269,7 @@ class _Canvas:
 
     def would_bury(self, full: np.ndarray) -> bool:
         """True when painting `full` would hide too much of an earlier layer."""
-        for idx, layer in enumerate(self.layers, start=1):
+        for idx in range(1, len(self.layers) + 1):
             visible = self.owner == idx
             area = int(visible.sum())
             if area == 0:

@@ -8,12 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from data.config import (MEANS, STD, cfg, darknet_transform, resnet_transform, set_cfg,
-                         vgg_transform)
-from utils.augmentations import (BackboneTransform, BaseTransform, ConvertColor, Expand,
-                                 FastBaseTransform, PhotometricDistort, RandomContrast, RandomFlip,
-                                 RandomMirror, RandomRot90, RandomSampleCrop, Resize,
-                                 SSDAugmentation, SwapChannels, enable_if)
+from data.config import MEANS, STD, cfg, darknet_transform, resnet_transform, set_cfg, vgg_transform
+from utils.augmentations import (
+    BackboneTransform,
+    BaseTransform,
+    ConvertColor,
+    Expand,
+    FastBaseTransform,
+    PhotometricDistort,
+    RandomContrast,
+    RandomFlip,
+    RandomMirror,
+    RandomRot90,
+    RandomSampleCrop,
+    Resize,
+    SSDAugmentation,
+    SwapChannels,
+    enable_if,
+)
 
 REFERENCE = Path(__file__).parent / 'data' / 'aug_reference.npz'
 BACKBONE_TRANSFORMS = {'resnet': resnet_transform, 'vgg': vgg_transform, 'darknet': darknet_transform}

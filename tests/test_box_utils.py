@@ -3,9 +3,23 @@ import math
 import pytest
 import torch
 
-from layers.box_utils import (center_size, change, crop, decode, elemwise_box_iou,
-                              elemwise_mask_iou, encode, index2d, intersect, jaccard, log_sum_exp,
-                              mask_iou, match, point_form, sanitize_coordinates)
+from layers.box_utils import (
+    center_size,
+    change,
+    crop,
+    decode,
+    elemwise_box_iou,
+    elemwise_mask_iou,
+    encode,
+    index2d,
+    intersect,
+    jaccard,
+    log_sum_exp,
+    mask_iou,
+    match,
+    point_form,
+    sanitize_coordinates,
+)
 from layers.interpolate import InterpolateModule
 
 

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from data import (COCODetection, DatasetFileNotFoundError, DatasetFormatError, ImageLoadError,
-                  cfg, coco_dataset_paths, detection_collate, enforce_size, get_label_map,
-                  synthetic_dataset)
+from data import (
+    COCODetection,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    ImageLoadError,
+    cfg,
+    coco_dataset_paths,
+    detection_collate,
+    enforce_size,
+    get_label_map,
+    synthetic_dataset,
+)
 from data.coco import COCOAnnotationTransform
 
 IDENTITY6 = {i: i for i in range(1, 7)}

@@ -185,7 +185,7 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 def assert_complete_layout(root: Path) -> None:
     """Everything of ARCHIVES unpacked where train.py/eval.py look, nothing left behind."""
-    for url_path, (data, folder) in ARCHIVES.items():
+    for data, _folder in ARCHIVES.values():
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             for name in z.namelist():
                 assert (root / name).read_bytes() == z.read(name), name
@@ -333,7 +333,7 @@ def test_builtin_archive_lists_match_the_dataset_layout():
     assert {folder for *_, folder in train_val} == {'train2017', 'val2017', 'annotations'}
     test_dev = _builtin_list('COCO_test.sh')
     assert {folder for *_, folder in test_dev} == {'test2017', 'annotations'}
-    for path, size, md5, folder in train_val + test_dev:
+    for path, size, md5, _folder in train_val + test_dev:
         assert re.fullmatch(r'(zips|annotations)/\w+2017\.zip', path)
         assert size == '-' or size.isdigit()
         assert re.fullmatch(r'[0-9a-f]{32}', md5)  # the official archives are always checked

@@ -1,8 +1,15 @@
 import pytest
 
-from data import config as config_module
-from data.config import (COCO_CLASSES, COCO_LABEL_MAP, ConfigError, cfg, config_names, set_cfg,
-                         set_dataset, yolact_base_config)
+from data.config import (
+    COCO_CLASSES,
+    COCO_LABEL_MAP,
+    ConfigError,
+    cfg,
+    config_names,
+    set_cfg,
+    set_dataset,
+    yolact_base_config,
+)
 
 ORIGINAL_CONFIGS = ['yolact_base_config', 'yolact_im400_config', 'yolact_im700_config',
                     'yolact_darknet53_config', 'yolact_resnet50_config',
@@ -94,6 +101,7 @@ def test_demo_config_gives_every_synthetic_object_several_positive_anchors():
     many only their forced best match. Measured on the synthetic set at the demo's input size."""
     import numpy as np
     import torch
+
     from data.synthetic import render_image
     from layers.box_utils import jaccard, point_form
     from yolact import Yolact

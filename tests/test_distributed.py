@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from test_train import (TINY_CONFIG, _tiny_model_and_batch, register_tiny_config, subprocess_env,  # noqa: F401
-                        tiny, tiny_args, train_losses)
+from test_train import (  # noqa: F401
+    TINY_CONFIG,
+    _tiny_model_and_batch,
+    register_tiny_config,
+    subprocess_env,
+    tiny,
+    tiny_args,
+    train_losses,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device('cpu')
@@ -62,9 +68,9 @@ def _one_step(model, net, batch):
 
 def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None:
     import torch.distributed as dist
-    import train
-    from utils import distributed
+
     from data.config import set_cfg
+    from utils import distributed
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     register_tiny_config(paths)

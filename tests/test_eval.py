@@ -13,12 +13,26 @@ from pycocotools.cocoeval import COCOeval
 import eval as eval_script
 from data.coco import COCODetection
 from data.config import ConfigError, set_cfg
-from tests.eval_helpers import (ScriptedNet, detection_from_masks, gt_detections, register,
-                                save_tiny_checkpoint, tiny_config)
+from tests.eval_helpers import (
+    ScriptedNet,
+    detection_from_masks,
+    gt_detections,
+    register,
+    save_tiny_checkpoint,
+    tiny_config,
+)
 from utils.augmentations import BaseTransform
-from utils.coco_results import (CocoEvalBackendError, CocoResults, box_to_xywh, category_ids,
-                                check_coco_eval_backend, encode_masks, evaluate_results, format_map_table,
-                                parse_map_table)
+from utils.coco_results import (
+    CocoEvalBackendError,
+    CocoResults,
+    box_to_xywh,
+    category_ids,
+    check_coco_eval_backend,
+    encode_masks,
+    evaluate_results,
+    format_map_table,
+    parse_map_table,
+)
 from yolact import Yolact
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from data.config import cfg, set_cfg
+from layers import output_utils
 from layers.box_utils import crop, jaccard, sanitize_coordinates
 from layers.functions import Detect
-from layers import output_utils
 from layers.output_utils import postprocess, upsample_binary_masks
 from yolact import Yolact, prefers_channels_last
 
@@ -373,7 +373,6 @@ def test_folded_frozen_batchnorm_matches_the_plain_path(monkeypatch):
 
 
 def test_batchnorm_in_training_mode_is_not_folded(monkeypatch):
-    import backbone
     set_cfg('yolact_resnet18_synthetic_config')
     cfg.max_size = SIZE
     cfg.freeze_bn = False

@@ -13,10 +13,8 @@ import torch
 import eval as eval_script
 from data.config import COLORS, cfg, set_cfg
 from tests.eval_helpers import ScriptedNet, detection_from_masks, register, save_tiny_checkpoint, tiny_config
-from utils.inference import (InferenceOptions, Predictor, benchmark, evalimage, evalimages, evalvideo,
-                             render)
-from utils.visualize import (DrawOptions, blend_masks, draw_detections, draw_style, label_size,
-                             select_for_display)
+from utils.inference import InferenceOptions, Predictor, benchmark, evalimage, evalimages, evalvideo, render
+from utils.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
 ALPHA = DrawOptions().mask_alpha

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 from data.coco import COCODetection, coco_dataset_paths
 from data.labelme2coco import ConversionError, convert, main
-from data.synthetic import TRANSFER_CLASSES, generate_labelme, render_image
+from data.synthetic import TRANSFER_CLASSES, render_image
 from data.synthetic import main as synthetic_main
 
 H, W = 48, 64

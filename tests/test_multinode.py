@@ -18,10 +18,18 @@ from typing import Dict, List, Optional
 
 import pytest
 import torch
-
 from test_distributed import free_port
-from test_launch_scripts import (ACC_LINE, DEMO_CONFIG, DEMO_NAME, E2E_LINE, FPS_LINE, TEST_DIR, case_fields,  # noqa: F401
-                                 script_env, tiny_coco)
+from test_launch_scripts import (  # noqa: F401
+    ACC_LINE,
+    DEMO_CONFIG,
+    DEMO_NAME,
+    E2E_LINE,
+    FPS_LINE,
+    TEST_DIR,
+    case_fields,
+    script_env,
+    tiny_coco,
+)
 
 ITERS, SAVE_EVERY = 12, 4
 TIMEOUT = 300  # seconds for one launch; every process started here is killed after it

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import TINY_CONFIG, make_tiny_config, parse, tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 
 import data.config as config_module
 from data.coco import DatasetFormatError, DatasetPaths, dataset_from_annotations, read_categories
 from data.config import cfg, set_cfg
 from data.labelme2coco import convert
 from data.synthetic import TRANSFER_CLASSES, generate_labelme
-from test_train import TINY_CONFIG, make_tiny_config, parse, tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 from utils.checkpoint import load_state_dict_file, read_classes
 
 NAMES = tuple(sorted(TRANSFER_CLASSES))  # labelme2coco sorts label names: ids 1..3

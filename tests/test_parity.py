@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.parity_fill import fill_state_dict, make_input, make_targets
 from data.config import cfg, set_cfg
 from layers.functions.detection import Detect
 from layers.modules import MultiBoxLoss
 from layers.output_utils import postprocess
-from benchmarks.parity_fill import fill_state_dict, make_input, make_targets
 from yolact import Yolact
 
 DATA = Path(__file__).parent / 'data' / 'parity'

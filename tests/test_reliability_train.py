@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from test_train import (SUBPROCESS_MAIN, TINY_CONFIG, _tiny_model_and_batch, subprocess_env,  # noqa: F401
-                        tiny, tiny_args, train_losses)
+from test_train import (  # noqa: F401
+    SUBPROCESS_MAIN,
+    TINY_CONFIG,
+    _tiny_model_and_batch,
+    subprocess_env,
+    tiny,
+    tiny_args,
+    train_losses,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,15 +11,21 @@ import torch
 from pycocotools import mask as mask_utils
 
 import eval as eval_script
-from data.config import cfg
-from tests.eval_helpers import ScriptedNet, detection_from_masks
-# The tiny config (autouse) and its checkpoint, shared with the inference tests.
-from tests.test_inference import tiny, tiny_checkpoint  # noqa: F401
 import utils.inference as inference
 import utils.result_files as result_files
+from data.config import cfg
+from tests.eval_helpers import ScriptedNet, detection_from_masks
+
+# The tiny config (autouse) and its checkpoint, shared with the inference tests.
+from tests.test_inference import tiny, tiny_checkpoint  # noqa: F401
 from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage
-from utils.result_files import (detections_to_records, instance_image, result_file_paths, write_instance_png,
-                                write_result_json)
+from utils.result_files import (
+    detections_to_records,
+    instance_image,
+    result_file_paths,
+    write_instance_png,
+    write_result_json,
+)
 from utils.visualize import DrawOptions
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')

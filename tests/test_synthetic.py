@@ -8,8 +8,17 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from data.config import SYNTHETIC_CLASSES
-from data.synthetic import (MAX_INSTANCES, MAX_ROTATION_DEG, MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION, RADIUS_RANGE,
-                            generate, main, min_visible_area, render_image)
+from data.synthetic import (
+    MAX_INSTANCES,
+    MAX_ROTATION_DEG,
+    MIN_VISIBLE_AREA,
+    MIN_VISIBLE_FRACTION,
+    RADIUS_RANGE,
+    generate,
+    main,
+    min_visible_area,
+    render_image,
+)
 
 # Parameters of the session fixture `synthetic_root` (tests/conftest.py).
 SYNTHETIC_SEED, SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL = 0, 256, 8, 4
@@ -63,7 +72,7 @@ def test_json_masks_equal_rendered_visible_pixels(synthetic_root):
     """Decoding the json gives exactly the visible pixels of each rendered shape, in paint order."""
     for split in ('train', 'val'):
         coco = _coco(synthetic_root / f'instances_{split}.json')
-        for img_id, info in coco.imgs.items():
+        for img_id in coco.imgs:
             rendered = render_image(SYNTHETIC_SEED, split, img_id, SYNTHETIC_SIZE)
             anns = coco.imgToAnns.get(img_id, [])
             assert len(anns) == len(rendered.instances)

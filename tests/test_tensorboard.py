@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from test_train import tiny, tiny_args  # noqa: F401 (tiny is a fixture)
 
 pytest.importorskip('tensorboard', reason='optional: pip install -r requirements-tensorboard.txt')

@@ -259,7 +259,7 @@ def test_overfitting_one_batch_reduces_the_loss_five_fold(tiny):
     net, model, batch = _tiny_model_and_batch()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     first = None
-    for step in range(80):
+    for step in range(80):  # noqa: B007 - the message after the loop reports the step count
         result = train.train_step(model, optimizer, batch)
         assert result.finite and set(result.losses) >= {'B', 'C', 'M'}
         first = first if first is not None else result.total
@@ -377,7 +377,6 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
 
 def test_coco_eval_flag_reaches_the_validation(monkeypatch):
     import eval as eval_script
-    import train
     assert parse().coco_eval == 'pycocotools' and parse('--coco_eval', 'faster').coco_eval == 'faster'
     seen = {}
 

@@ -5,8 +5,16 @@ import torch
 
 from utils.checkpoint import CheckpointError, load_file, save_file
 from utils.distributed import DistInfo
-from utils.train_state import (agree_on_resume, load_training_state, make_training_state, resolve_resume,
-                               restore_training_state, rng_states, state_path, write_checkpoint)
+from utils.train_state import (
+    agree_on_resume,
+    load_training_state,
+    make_training_state,
+    resolve_resume,
+    restore_training_state,
+    rng_states,
+    state_path,
+    write_checkpoint,
+)
 
 CPU = torch.device('cpu')
 

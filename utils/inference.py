@@ -23,8 +23,7 @@ from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import autocast_dtype, synchronize
 from utils.functions import MovingAverage
-from utils.result_files import (detections_to_records, result_file_paths, write_instance_png,
-                                write_result_json)
+from utils.result_files import detections_to_records, result_file_paths, write_instance_png, write_result_json
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
