@@ -10,18 +10,19 @@
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
 file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8)
 runs in onnxruntime (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
-and class names come from its metadata. train.py validates with `evaluate(net, dataset,
-train_mode=True)`. The work is done in utils/coco_results.py (COCO conversion and COCOeval),
-utils/inference.py (images, videos, benchmark) and utils/visualize.py (drawing).
+and class names come from its metadata. The work is done in utils/evaluation.py (the dataset
+evaluation, which train.py's validation also runs; `eval.evaluate(net, dataset, train_mode=True)`
+still works), utils/coco_results.py (COCO conversion and COCOeval), utils/inference.py (images,
+videos, benchmark) and utils/visualize.py (drawing).
 """
 import argparse
 import os
 import random
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 from data.coco import (
     COCODetection,
@@ -29,21 +30,12 @@ from data.coco import (
     DatasetFormatError,
     ImageLoadError,
     dataset_from_annotations,
-    get_label_map,
     user_dataset_paths,
 )
 from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
-from layers.output_utils import postprocess
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.coco_results import (
-    COCO_EVAL_BACKENDS,
-    CocoEvalBackendError,
-    CocoResults,
-    check_coco_eval_backend,
-    evaluate_results,
-    format_map_table,
-)
+from utils.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_coco_eval_backend
 from utils.device import (
     AMP_CHOICES,
     DeviceError,
@@ -52,12 +44,22 @@ from utils.device import (
     prefers_channels_last,
     select_device,
 )
+from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.evaluate(net, dataset, ...)
+    EvalOptions,
+    _id_hash,
+    _options,
+    configure_detect,
+    eval_order,
+    evaluate,
+    evaluate_dataset,
+    print_results,
+    validation_map,
+)
 from utils.functions import SavePath
 from utils.inference import (
     InferenceError,
     InferenceOptions,
     Predictor,
-    benchmark,
     evalimage,
     evalimages,
     evalvideo,
@@ -67,13 +69,38 @@ from utils.runtime_model import RuntimeModelError, is_exported, load_exported, o
 from utils.visualize import DrawOptions
 from yolact import load_model, use_checkpoint_classes
 
-# Set by parse_args, read by evaluate() when no options are passed (the original's train.py calls
-# eval.parse_args([...]) and then eval.evaluate(net, dataset, train_mode=True)).
-args: Optional[argparse.Namespace] = None
-
 
 class EvalError(RuntimeError):
     """A command-line input eval.py cannot use."""
+
+
+@dataclass
+class EvalArgs(EvalOptions):
+    """eval.py's options: the dataset evaluation's (EvalOptions) and those of the script (model,
+    config, data, device, drawing, media). `parse_args` fills them from the flags, whose defaults
+    these are; `main` passes them down."""
+    trained_model: str = 'weights/yolact_base_54_800000.pth'
+    config: Optional[str] = None
+    dataset: Optional[str] = None
+    val_data: Optional[str] = None
+    valid_images: Optional[str] = None
+    valid_info: Optional[str] = None
+    node_device: Optional[str] = None
+    cuda: Optional[bool] = None
+    compile: bool = False
+    detect: bool = False
+    display_masks: bool = True
+    display_bboxes: bool = True
+    display_text: bool = True
+    display_scores: bool = True
+    display_lincomb: bool = False
+    display_fps: bool = False
+    image: Optional[str] = None
+    images: Optional[str] = None
+    video: Optional[str] = None
+    video_multiframe: int = 1
+    save_json: bool = False
+    save_masks: bool = False
 
 
 # ----------------------------------------------------------------------------- flags
@@ -176,22 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse eval.py's flags (also remembered for `evaluate` calls that pass none)."""
-    global args
-    args = build_parser().parse_args(argv)
-    if args.seed is not None:
-        random.seed(args.seed)
-    return args
+def parse_args(argv: Optional[Sequence[str]] = None) -> EvalArgs:
+    """eval.py's flags as EvalArgs."""
+    opts = EvalArgs(**vars(build_parser().parse_args(argv)))
+    if opts.seed is not None:
+        random.seed(opts.seed)
+    return opts
 
 
-def default_options() -> argparse.Namespace:
-    return build_parser().parse_args([])
+def default_options() -> EvalArgs:
+    return EvalArgs()
 
 
 # ----------------------------------------------------------------------------- setup
 
-def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> str:
+def resolve_checkpoint(opts: EvalArgs, folder: str = 'weights/') -> str:
     """--trained_model, where the original's 'interrupt' and 'latest' name the newest interrupt
     save / the newest checkpoint of the config (--config, default yolact_base) in `folder`."""
     if opts.trained_model == 'interrupt':
@@ -208,7 +234,7 @@ def resolve_checkpoint(opts: argparse.Namespace, folder: str = 'weights/') -> st
     return found
 
 
-def setup_config(opts: argparse.Namespace, evaluating: bool = False,
+def setup_config(opts: EvalArgs, evaluating: bool = False,
                  exported: Optional[Dict[str, Any]] = None) -> None:
     """Activate the config (given or inferred), the dataset override, the checkpoint's classes and
     --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
@@ -238,7 +264,7 @@ def setup_config(opts: argparse.Namespace, evaluating: bool = False,
         cfg.eval_mask_branch = False
 
 
-def use_exported_file_config(opts: argparse.Namespace, meta: Dict[str, Any]) -> bool:
+def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
     """The config of an exported file: the one its metadata names, with its classes, input size
     and NMS settings (--dataset still picks the dataset's paths). Returns True (the classes are
     the file's own)."""
@@ -261,14 +287,14 @@ def use_exported_file_config(opts: argparse.Namespace, meta: Dict[str, Any]) -> 
     return True
 
 
-def device_from_flags(opts: argparse.Namespace) -> torch.device:
+def device_from_flags(opts: EvalArgs) -> torch.device:
     name = opts.node_device
     if name is None and opts.cuda is not None:
         name = 'cuda' if opts.cuda else 'cpu'
     return select_device(name or default_device_type())
 
 
-def build_dataset(opts: argparse.Namespace) -> COCODetection:
+def build_dataset(opts: EvalArgs) -> COCODetection:
     """The evaluation dataset: the active config's (setup_config puts --val_data / --valid_* there)."""
     images, info = cfg.dataset.valid_images, cfg.dataset.valid_info
     for path, what in ((images, 'image folder'), (info, 'annotation file')):
@@ -277,154 +303,6 @@ def build_dataset(opts: argparse.Namespace) -> COCODetection:
                 f"validation {what} not found: {path} (dataset '{cfg.dataset.name}'; "
                 f"use --val_data ROOT or --dataset NAME)")
     return COCODetection(images, info, transform=BaseTransform(), has_gt=cfg.dataset.has_gt)
-
-
-def configure_detect(net: torch.nn.Module, opts: argparse.Namespace) -> None:
-    detect = getattr(net, 'module', net).detect  # unwrap DataParallel / DDP
-    detect.use_fast_nms = opts.fast_nms
-    detect.use_cross_class_nms = opts.cross_class_nms
-
-
-# ----------------------------------------------------------------------------- dataset evaluation
-
-def _id_hash(x: int) -> int:
-    """A fixed 32-bit integer mix of an image id (the original's order for partial evaluations,
-    so --max_images N picks the same images on every Python and pycocotools version)."""
-    mask = 0xFFFFFFFF
-    for _ in range(2):
-        x = (((x >> 16) ^ x) * 0x045D9F3B) & mask
-    return ((x >> 16) ^ x) & mask
-
-
-def eval_order(ids: Sequence[int], shuffle: bool = False, no_sort: bool = False,
-               seed: Optional[int] = None) -> List[int]:
-    """Dataset indices in evaluation order: shuffled (--shuffle), as stored (--no_sort), or by
-    the hash of the image id (default)."""
-    order = list(range(len(ids)))
-    if shuffle:
-        (random.Random(seed) if seed is not None else random).shuffle(order)
-    elif not no_sort:
-        order.sort(key=lambda i: _id_hash(int(ids[i])))
-    return order
-
-
-def _options(opts: Optional[argparse.Namespace], overrides: Dict[str, Any]) -> argparse.Namespace:
-    base = vars(opts if opts is not None else (args if args is not None else default_options()))
-    merged = dict(base)
-    unknown = sorted(set(overrides) - set(base))
-    if unknown:
-        raise TypeError(f"evaluate() got unknown options {unknown}; valid: {sorted(base)}")
-    merged.update(overrides)
-    return argparse.Namespace(**merged)
-
-
-def _network_input(dataset, index: int, predictor: Predictor) -> Tuple[torch.Tensor, int, int]:
-    """(Tensor[1, 3, h, w] backbone input, image height, width) of one dataset image."""
-    if dataset.transform is not None:
-        img, _, _, height, width, _ = dataset.pull_item(index)
-        return img.unsqueeze(0), height, width
-    img = dataset.pull_image(index)
-    with torch.no_grad():
-        batch = predictor.transform(predictor.to_device([img]))
-    return batch, img.shape[0], img.shape[1]
-
-
-def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False,
-             opts: Optional[argparse.Namespace] = None, verbose: Optional[bool] = None,
-             **overrides) -> Optional[Dict[str, Any]]:
-    """COCO box and mask AP of `net` on `dataset` (or, with --benchmark, its FPS).
-
-    Args:
-        net: Yolact (or a DataParallel/DDP wrapper of one); put in eval mode for the call.
-        dataset: a COCODetection (``ids``, ``coco`` ground truth, ``pull_item``/``pull_image``).
-        train_mode: called from training: quiet unless `verbose`.
-        opts: eval.py's options; default: the last `parse_args`, else the flag defaults.
-        verbose: print progress bar and tables (default: not train_mode).
-        overrides: option values by flag name, e.g. ``max_images=50, fast_nms=False``.
-    Returns:
-        {'box': {'all': mAP, 50: AP50, 55: ..., 95: AP95}, 'mask': {...} (percent),
-         'box_stats': [12 COCOeval stats], 'mask_stats': [...]}; 'mask*' is absent with
-        --detect. None when the dataset has no ground truth (the json files are written) or with
-        --benchmark (the FPS is printed).
-    """
-    opts = _options(opts, overrides)
-    verbose = (not train_mode) if verbose is None else verbose
-    configure_detect(net, opts)
-    was_training = net.training
-    net.eval()
-    try:
-        predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
-        order = eval_order(dataset.ids, opts.shuffle, opts.no_sort, opts.seed)
-        if opts.max_images >= 0:
-            order = order[:opts.max_images]
-        if opts.benchmark:
-            benchmark(predictor, dataset.pull_image, order, opts.top_k, opts.crop, opts.score_threshold,
-                      no_bar=opts.no_bar or not verbose)
-            return None
-        return evaluate_dataset(predictor, dataset, order, opts, verbose)
-    finally:
-        net.train(was_training)
-
-
-def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Optional[torch.dtype] = None,
-                   coco_eval: str = 'pycocotools') -> Optional[Dict[str, Any]]:
-    """Training's validation: box and mask mAP of `net` on (at most) `max_images` images with the
-    flag defaults, quietly: {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}}. The net is left
-    in train mode."""
-    overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval}
-    if amp_dtype is not None:
-        overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
-    try:
-        with torch.no_grad():
-            return evaluate(net, dataset, train_mode=True, opts=default_options(), **overrides)
-    finally:
-        net.train()
-
-
-def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: argparse.Namespace,
-                     verbose: bool) -> Optional[Dict[str, Any]]:
-    """Run the network over `order`'s images, collect COCO results and score them."""
-    with_masks = bool(cfg.eval_mask_branch)
-    results = CocoResults(getattr(dataset, 'label_map', None) or get_label_map())
-    for index in tqdm(order, unit='img', disable=opts.no_bar or not verbose):
-        batch, height, width = _network_input(dataset, index, predictor)
-        det_output = predictor.run_batch(batch)
-        classes, scores, boxes, masks = postprocess(det_output, width, height, crop_masks=opts.crop,
-                                                    score_threshold=opts.score_threshold)
-        results.add(dataset.ids[index], classes, scores, boxes, masks if with_masks else None)
-
-    if opts.output_coco_json:
-        for path in (opts.bbox_det_file, opts.mask_det_file if with_masks else None):
-            if path and os.path.dirname(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-        results.dump(opts.bbox_det_file, opts.mask_det_file if with_masks else None)
-        if verbose:
-            print(f'Detections written to {opts.bbox_det_file}'
-                  + (f' and {opts.mask_det_file}' if with_masks else ''))
-    if not getattr(dataset, 'has_gt', True):
-        if verbose:
-            print('This dataset has no ground truth: mAP not computed.')
-        return None
-
-    tasks = ('box', 'mask') if with_masks else ('box',)
-    scores = evaluate_results(dataset.coco, results, tasks, backend=opts.coco_eval)
-    summary = {}
-    for task in tasks:
-        summary[task] = scores[task].ap
-        summary[f'{task}_stats'] = scores[task].stats
-    if verbose:
-        print_results(scores, len(order))
-    return summary
-
-
-def print_results(scores, num_images: int) -> None:
-    """The original's mAP table, then COCOeval's 12-number summary for each task."""
-    print(f'\nmAP over {num_images} images (COCOeval):\n')
-    print(format_map_table({task: s.ap for task, s in scores.items()}))
-    for task, s in scores.items():
-        print(f'\n{task} (COCOeval summary):')
-        print(s.summary.rstrip())
-    print()
 
 
 # ----------------------------------------------------------------------------- images / videos
@@ -441,7 +319,7 @@ def split_in_out(spec: str) -> Tuple[str, Optional[str]]:
     return spec[:cut], spec[cut + 1:] or None
 
 
-def inference_options(opts: argparse.Namespace) -> InferenceOptions:
+def inference_options(opts: EvalArgs) -> InferenceOptions:
     draw = DrawOptions(top_k=opts.top_k, score_threshold=opts.score_threshold,
                        display_masks=opts.display_masks, display_bboxes=opts.display_bboxes,
                        display_text=opts.display_text, display_scores=opts.display_scores)
@@ -450,7 +328,7 @@ def inference_options(opts: argparse.Namespace) -> InferenceOptions:
                             no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks)
 
 
-def check_media_inputs(opts: argparse.Namespace) -> None:
+def check_media_inputs(opts: EvalArgs) -> None:
     """Fail before the model is loaded when an --image/--images/--video input is unusable."""
     if sum(x is not None for x in (opts.image, opts.images, opts.video)) > 1:
         raise EvalError("give only one of --image, --images, --video")
@@ -481,7 +359,7 @@ def check_media_inputs(opts: argparse.Namespace) -> None:
         raise EvalError(f"--video_multiframe must be >= 1, got {opts.video_multiframe}")
 
 
-def run_media(net: torch.nn.Module, opts: argparse.Namespace) -> None:
+def run_media(net: torch.nn.Module, opts: EvalArgs) -> None:
     """--image / --images / --video."""
     configure_detect(net, opts)
     predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)

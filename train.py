@@ -64,6 +64,7 @@ from utils.distributed import (
     shutdown,
     wrap_ddp,
 )
+from utils.evaluation import validation_map
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
@@ -392,14 +393,6 @@ def start_weights(net: Yolact, args: argparse.Namespace, say: Callable[[str], No
         + (f' ({", ".join(fresh)})' if fresh else '') + '.')
 
 
-def _eval_module():
-    try:
-        import eval as eval_script  # the project's eval.py, not the builtin
-    except ImportError as err:
-        raise ValueError(f"validation needs eval.py (import failed: {err}); use --validation_epoch -1") from None
-    return eval_script
-
-
 class Trainer:
     """Holds one training run's pieces; `run()` trains from `iteration` to `sched.max_iter`."""
 
@@ -450,8 +443,8 @@ class Trainer:
         if self.info.is_main and self.val_set is not None:
             print('\nComputing validation mAP (this may take a while)...', flush=True)
             start = time.perf_counter()
-            val_info = _eval_module().validation_map(self.net, self.val_set, self.args.validation_size,
-                                                     self.amp_dtype, self.args.coco_eval)
+            val_info = validation_map(self.net, self.val_set, self.args.validation_size, self.amp_dtype,
+                                      self.args.coco_eval)
             self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start)
             if self.report.tensorboard is not None:
                 self.report.tensorboard.predictions(self.net, self.val_set, self.iteration, cfg.dataset.class_names,
@@ -559,8 +552,6 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     sched = configure(args, info)
     need_val = args.validation_epoch > 0
     check_dataset_files(cfg.dataset, need_val)
-    if need_val:
-        _eval_module()
     if info.is_main:
         check_writable_folder(args.save_folder, '--save_folder')
         if args.log or args.tensorboard:

@@ -21,6 +21,7 @@ from tests.eval_helpers import (
     save_tiny_checkpoint,
     tiny_config,
 )
+from utils import evaluation
 from utils.augmentations import BaseTransform
 from utils.coco_results import (
     CocoEvalBackendError,
@@ -44,7 +45,6 @@ LABEL_MAP = {i: i for i in range(1, 7)}  # synthetic: category ids 1..6 are clas
 def restore_cfg():
     yield
     set_cfg('yolact_base_config')
-    eval_script.args = None
 
 
 @pytest.fixture
@@ -336,6 +336,15 @@ def test_eval_order_and_options():
     assert eval_script._id_hash(1) == ((x >> 16) ^ x) & 0xFFFFFFFF
     with pytest.raises(TypeError, match='unknown options'):
         eval_script._options(None, {'max_imgs': 3})
+
+
+def test_options_are_a_value_passed_down_not_a_module_global():
+    # The flags' defaults are the dataclass's, and parsing leaves nothing behind in the module.
+    assert eval_script.parse_args([]) == eval_script.EvalArgs()
+    assert eval_script.parse_args(['--max_images', '3']).max_images == 3
+    assert not hasattr(eval_script, 'args')
+    assert isinstance(eval_script.EvalArgs(), eval_script.EvalOptions)
+    assert eval_script.evaluate is evaluation.evaluate and eval_script.validation_map is evaluation.validation_map
 
 
 # ----------------------------------------------------------------------------- flags and setup

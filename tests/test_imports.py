@@ -1,7 +1,7 @@
 """The project's import floors, read from the source: every import runs down (or stays inside its
 own package), never up. From the top:
 
-    train.py              training entry point (it validates through eval.evaluate)
+    train.py              training entry point (it validates through utils/evaluation.py, as eval.py does)
     eval.py, export.py    evaluation and export entry points (siblings: neither imports the other)
     yolact.py             the network
     utils/                inference, checkpoints, distributed helpers, augmentations, ...

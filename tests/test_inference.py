@@ -26,7 +26,6 @@ def tiny(monkeypatch):
     set_cfg(attr)
     yield attr
     set_cfg('yolact_base_config')
-    eval_script.args = None
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ PLACEHOLDER_NAMES = tuple(f'placeholder_{i}' for i in range(1, len(SYNTHETIC_CLA
 def restore_cfg():
     yield
     set_cfg('yolact_base_config')
-    eval_script.args = None
 
 
 @pytest.fixture(scope='module')

@@ -358,7 +358,7 @@ def test_keep_latest_keeps_only_the_newest_and_the_milestones(tiny, tmp_path):
 
 
 def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, capsys):
-    """--validation_epoch 1: mAP through eval.evaluate after epoch 1 (the original skips epoch 0)
+    """--validation_epoch 1: mAP through utils.evaluation.evaluate after epoch 1 (the original skips epoch 0)
     and once more when training ends; both logged."""
     import train
     from utils.logger import read_entries
@@ -376,7 +376,8 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
 
 
 def test_coco_eval_flag_reaches_the_validation(monkeypatch):
-    import eval as eval_script
+    import train
+    from utils import evaluation
     assert parse().coco_eval == 'pycocotools' and parse('--coco_eval', 'faster').coco_eval == 'faster'
     seen = {}
 
@@ -384,8 +385,8 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
         seen.update(overrides, train_mode=train_mode)
         return {'box': {'all': 1.0}}
 
-    monkeypatch.setattr(eval_script, 'evaluate', fake_evaluate)
-    eval_script.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
+    monkeypatch.setattr(evaluation, 'evaluate', fake_evaluate)
+    train.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
     assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True}
 
 

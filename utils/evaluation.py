@@ -1,0 +1,191 @@
+"""Dataset evaluation: COCO box and mask mAP of a network (or its FPS), shared by eval.py and
+train.py's validation.
+
+    from utils.evaluation import EvalOptions, evaluate
+    evaluate(net, dataset, opts=EvalOptions(max_images=100))
+
+eval.py re-exports `evaluate` and `validation_map`, so the original's
+`eval.evaluate(net, dataset, train_mode=True)` keeps working. The COCO conversion and COCOeval are
+in utils/coco_results.py, the network runner in utils/inference.py.
+"""
+import dataclasses
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from data.coco import get_label_map
+from data.config import cfg
+from layers.output_utils import postprocess
+from utils.coco_results import CocoResults, evaluate_results, format_map_table
+from utils.inference import Predictor, benchmark
+
+
+@dataclass
+class EvalOptions:
+    """What a dataset evaluation uses of eval.py's flags, with their defaults (same names)."""
+    fast_nms: bool = True  # the paper's Fast NMS; False: greedy NMS
+    cross_class_nms: bool = False
+    amp: bool = False
+    amp_dtype: str = 'auto'
+    top_k: int = 5  # detections kept per image by --benchmark
+    crop: bool = True  # crop masks with their predicted box
+    score_threshold: float = 0
+    max_images: int = -1  # -1: all
+    shuffle: bool = False
+    no_sort: bool = False  # dataset order instead of the hashed image-id order
+    seed: Optional[int] = None
+    benchmark: bool = False  # time the network instead of scoring it
+    no_bar: bool = False
+    output_coco_json: bool = False
+    bbox_det_file: str = 'results/bbox_detections.json'
+    mask_det_file: str = 'results/mask_detections.json'
+    coco_eval: str = 'pycocotools'
+
+
+def configure_detect(net: torch.nn.Module, opts: EvalOptions) -> None:
+    detect = getattr(net, 'module', net).detect  # unwrap DataParallel / DDP
+    detect.use_fast_nms = opts.fast_nms
+    detect.use_cross_class_nms = opts.cross_class_nms
+
+
+def _id_hash(x: int) -> int:
+    """A fixed 32-bit integer mix of an image id (the original's order for partial evaluations,
+    so --max_images N picks the same images on every Python and pycocotools version)."""
+    mask = 0xFFFFFFFF
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x045D9F3B) & mask
+    return ((x >> 16) ^ x) & mask
+
+
+def eval_order(ids: Sequence[int], shuffle: bool = False, no_sort: bool = False,
+               seed: Optional[int] = None) -> List[int]:
+    """Dataset indices in evaluation order: shuffled (--shuffle), as stored (--no_sort), or by
+    the hash of the image id (default)."""
+    order = list(range(len(ids)))
+    if shuffle:
+        (random.Random(seed) if seed is not None else random).shuffle(order)
+    elif not no_sort:
+        order.sort(key=lambda i: _id_hash(int(ids[i])))
+    return order
+
+
+def _options(opts: Optional[EvalOptions], overrides: Dict[str, Any]) -> EvalOptions:
+    """`opts` (default: EvalOptions()) with `overrides` by option name."""
+    opts = opts if opts is not None else EvalOptions()
+    valid = {f.name for f in dataclasses.fields(opts)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(f"evaluate() got unknown options {unknown}; valid: {sorted(valid)}")
+    return dataclasses.replace(opts, **overrides)
+
+
+def _network_input(dataset, index: int, predictor: Predictor) -> Tuple[torch.Tensor, int, int]:
+    """(Tensor[1, 3, h, w] backbone input, image height, width) of one dataset image."""
+    if dataset.transform is not None:
+        img, _, _, height, width, _ = dataset.pull_item(index)
+        return img.unsqueeze(0), height, width
+    img = dataset.pull_image(index)
+    with torch.no_grad():
+        batch = predictor.transform(predictor.to_device([img]))
+    return batch, img.shape[0], img.shape[1]
+
+
+def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Optional[EvalOptions] = None,
+             verbose: Optional[bool] = None, **overrides) -> Optional[Dict[str, Any]]:
+    """COCO box and mask AP of `net` on `dataset` (or, with `benchmark`, its FPS).
+
+    Args:
+        net: Yolact (or a DataParallel/DDP wrapper of one); put in eval mode for the call.
+        dataset: a COCODetection (``ids``, ``coco`` ground truth, ``pull_item``/``pull_image``).
+        train_mode: called from training: quiet unless `verbose`.
+        opts: the options (eval.py passes its parsed flags); default: EvalOptions().
+        verbose: print progress bar and tables (default: not train_mode).
+        overrides: option values by flag name, e.g. ``max_images=50, fast_nms=False``.
+    Returns:
+        {'box': {'all': mAP, 50: AP50, 55: ..., 95: AP95}, 'mask': {...} (percent),
+         'box_stats': [12 COCOeval stats], 'mask_stats': [...]}; 'mask*' is absent when the
+        config's eval_mask_branch is off (--detect). None when the dataset has no ground truth (the
+        json files are written) or with `benchmark` (the FPS is printed).
+    """
+    opts = _options(opts, overrides)
+    verbose = (not train_mode) if verbose is None else verbose
+    configure_detect(net, opts)
+    was_training = net.training
+    net.eval()
+    try:
+        predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
+        order = eval_order(dataset.ids, opts.shuffle, opts.no_sort, opts.seed)
+        if opts.max_images >= 0:
+            order = order[:opts.max_images]
+        if opts.benchmark:
+            benchmark(predictor, dataset.pull_image, order, opts.top_k, opts.crop, opts.score_threshold,
+                      no_bar=opts.no_bar or not verbose)
+            return None
+        return evaluate_dataset(predictor, dataset, order, opts, verbose)
+    finally:
+        net.train(was_training)
+
+
+def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Optional[torch.dtype] = None,
+                   coco_eval: str = 'pycocotools') -> Optional[Dict[str, Any]]:
+    """Training's validation: box and mask mAP of `net` on (at most) `max_images` images with the
+    default options, quietly: {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}}. The net is left
+    in train mode."""
+    overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval}
+    if amp_dtype is not None:
+        overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
+    try:
+        with torch.no_grad():
+            return evaluate(net, dataset, train_mode=True, opts=EvalOptions(), **overrides)
+    finally:
+        net.train()
+
+
+def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: EvalOptions,
+                     verbose: bool) -> Optional[Dict[str, Any]]:
+    """Run the network over `order`'s images, collect COCO results and score them."""
+    with_masks = bool(cfg.eval_mask_branch)
+    results = CocoResults(getattr(dataset, 'label_map', None) or get_label_map())
+    for index in tqdm(order, unit='img', disable=opts.no_bar or not verbose):
+        batch, height, width = _network_input(dataset, index, predictor)
+        det_output = predictor.run_batch(batch)
+        classes, scores, boxes, masks = postprocess(det_output, width, height, crop_masks=opts.crop,
+                                                    score_threshold=opts.score_threshold)
+        results.add(dataset.ids[index], classes, scores, boxes, masks if with_masks else None)
+
+    if opts.output_coco_json:
+        for path in (opts.bbox_det_file, opts.mask_det_file if with_masks else None):
+            if path and os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        results.dump(opts.bbox_det_file, opts.mask_det_file if with_masks else None)
+        if verbose:
+            print(f'Detections written to {opts.bbox_det_file}'
+                  + (f' and {opts.mask_det_file}' if with_masks else ''))
+    if not getattr(dataset, 'has_gt', True):
+        if verbose:
+            print('This dataset has no ground truth: mAP not computed.')
+        return None
+
+    tasks = ('box', 'mask') if with_masks else ('box',)
+    scores = evaluate_results(dataset.coco, results, tasks, backend=opts.coco_eval)
+    summary = {}
+    for task in tasks:
+        summary[task] = scores[task].ap
+        summary[f'{task}_stats'] = scores[task].stats
+    if verbose:
+        print_results(scores, len(order))
+    return summary
+
+
+def print_results(scores, num_images: int) -> None:
+    """The original's mAP table, then COCOeval's 12-number summary for each task."""
+    print(f'\nmAP over {num_images} images (COCOeval):\n')
+    print(format_map_table({task: s.ap for task, s in scores.items()}))
+    for task, s in scores.items():
+        print(f'\n{task} (COCOeval summary):')
+        print(s.summary.rstrip())
+    print()
