@@ -56,15 +56,7 @@ from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.
     validation_map,
 )
 from utils.functions import SavePath
-from utils.inference import (
-    InferenceError,
-    InferenceOptions,
-    Predictor,
-    evalimage,
-    evalimages,
-    evalvideo,
-    open_video,
-)
+from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage, evalimages, evalvideo, open_video
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions
 from yolact import load_model, use_checkpoint_classes

@@ -6,10 +6,12 @@
     python train.py --config=yolact_base_config --resume=latest      # or interrupt, auto, or a path
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST train.py ...   # README: multi-node
 
-This file is the training story: flags, set-up, the schedule, NetLoss and the loop. Its helpers
-live in modules named for their job: utils/distributed.py (launch environment, process group),
-data/sampler.py (seeded, resumable data order), utils/train_state.py (checkpoints and the training
-state beside them), utils/signals.py (SIGINT/SIGTERM), utils/progress.py (the progress line).
+This file is the training story: flags, set-up and the loop. Its helpers live in modules named
+for their job: utils/schedule.py (config and flags combined, learning rate, optimizer),
+utils/train_loop.py (NetLoss and one training step), utils/evaluation.py (the validation mAP),
+utils/distributed.py (launch environment, process group), data/sampler.py (seeded, resumable data
+order), utils/train_state.py (checkpoints and the training state beside them), utils/signals.py
+(SIGINT/SIGTERM), utils/progress.py (the progress line).
 """
 import argparse
 import math
@@ -17,28 +19,15 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.utils.data as torch_data
-from torch.autograd.graph import increment_version
 
-from data.coco import (
-    Batch,
-    COCODetection,
-    DatasetPaths,
-    check_dataset_files,
-    dataset_from_annotations,
-    detection_collate,
-    prepare_batch,
-    user_dataset_paths,
-)
-from data.config import MEANS, STD, ConfigError, cfg, set_cfg, set_dataset, use_dataset
+from data.coco import COCODetection, check_dataset_files, detection_collate, prepare_batch
+from data.config import MEANS, STD, ConfigError, cfg
 from data.sampler import ResumableSampler, resumable_loader
-from layers.modules import MultiBoxLoss
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError
 from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
@@ -68,8 +57,10 @@ from utils.evaluation import validation_map
 from utils.functions import SavePath, check_writable_folder
 from utils.logger import Log
 from utils.progress import Reporter
+from utils.schedule import DEFAULT_CONFIG, Schedule, build_optimizer, configure, learning_rate, set_lr
 from utils.signals import StopRequest
 from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
+from utils.train_loop import NetLoss, StepResult, build_criterion, train_step
 from utils.train_state import (
     CheckpointWriteError,
     agree_on_resume,
@@ -81,12 +72,6 @@ from utils.train_state import (
     write_checkpoint,
 )
 from yolact import Yolact
-
-# The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
-REFERENCE_BATCH = 8
-# Per-process batches below this train with frozen BatchNorm (batch statistics too noisy).
-MIN_BN_BATCH = 6
-DEFAULT_CONFIG = 'yolact_base_config'
 
 
 class TrainingError(RuntimeError):
@@ -188,75 +173,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
 
 
-@dataclass
-class Schedule:
-    """The optimisation settings after flags, config and autoscaling are combined."""
-    lr: float
-    momentum: float
-    decay: float
-    gamma: float
-    max_iter: int
-    lr_steps: List[int]
-    warmup_init: float
-    warmup_until: int
-    scale: float = 1.0
-
-
-def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
-    """Apply --config/--dataset/--data to the global cfg, autoscale, and set the freeze-BN rule.
-
-    Must run before the model and datasets are built (they read cfg).
-    """
-    set_cfg(args.config or DEFAULT_CONFIG)
-    if args.dataset is not None:
-        set_dataset(args.dataset)
-    # A run without validation needs no validation files (the performance scripts).
-    splits = ('train', 'val') if args.validation_epoch > 0 else ('train',)
-    paths = user_dataset_paths(args.data, {f: getattr(args, f) for f in DatasetPaths._fields}, splits)
-    if paths is not None:
-        use_dataset(dataset_from_annotations(paths, splits), source=paths.train_info,
-                    say=print if info.is_main else None)
-    if args.max_iter is not None:
-        cfg.max_iter = args.max_iter
-
-    global_batch = args.batch_size * info.world_size
-    scale = 1.0
-    if args.autoscale and global_batch != REFERENCE_BATCH:
-        scale = global_batch / REFERENCE_BATCH
-        cfg.lr = cfg.lr * scale
-        cfg.max_iter = int(cfg.max_iter // scale)
-        cfg.lr_steps = [int(x // scale) for x in cfg.lr_steps]
-        if info.is_main:
-            print(f'Scaling parameters by {scale:.2f} for a global batch size of {global_batch}.')
-
-    if args.batch_size < MIN_BN_BATCH:
-        if info.is_main:
-            print(f'Per-process batch size {args.batch_size} is below {MIN_BN_BATCH}: BatchNorm is frozen.')
-        cfg.freeze_bn = True
-
-    pick = lambda flag, default: default if flag is None else flag
-    return Schedule(lr=pick(args.lr, cfg.lr), momentum=pick(args.momentum, cfg.momentum),
-                    decay=pick(args.decay, cfg.decay), gamma=pick(args.gamma, cfg.gamma),
-                    max_iter=int(cfg.max_iter), lr_steps=[int(s) for s in cfg.lr_steps],
-                    warmup_init=cfg.lr_warmup_init, warmup_until=int(cfg.lr_warmup_until), scale=scale)
-
-
-def learning_rate(iteration: int, sched: Schedule) -> float:
-    """LR at `iteration`: linear warm-up from warmup_init to lr over warmup_until iterations, then
-    lr * gamma ** (number of lr_steps reached)."""
-    steps_done = sum(1 for s in sched.lr_steps if iteration >= s)
-    if steps_done > 0:
-        return sched.lr * sched.gamma ** steps_done
-    if sched.warmup_until > 0 and iteration <= sched.warmup_until:
-        return (sched.lr - sched.warmup_init) * (iteration / sched.warmup_until) + sched.warmup_init
-    return sched.lr
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-
-
 def build_datasets(seed: int, need_val: bool) -> Tuple[COCODetection, Optional[COCODetection]]:
     """Training set with SSDAugmentation and (if validating) the validation set with BaseTransform."""
     train_set = COCODetection(image_path=cfg.dataset.train_images, info_file=cfg.dataset.train_info,
@@ -268,102 +184,6 @@ def build_datasets(seed: int, need_val: bool) -> Tuple[COCODetection, Optional[C
                                 transform=BaseTransform(MEANS, STD), dataset_name=cfg.dataset.name,
                                 has_gt=cfg.dataset.has_gt)
     return train_set, val_set
-
-
-class NetLoss(nn.Module):
-    """The network and its loss in one module, so DDP wraps both (as the original's NetLoss).
-
-    forward(images, targets, masks, num_crowds) -> dict of scalar loss terms. With `amp_dtype` the
-    network runs under torch.autocast; the loss is always computed in float32.
-
-    Predictions that are not finite (a diverging run) give NaN loss terms without calling the
-    loss, which could otherwise fail on them (BCE rejects NaN inputs); train_step then skips the
-    update. The NaN terms still depend on every prediction, so backward reaches every parameter.
-    """
-
-    def __init__(self, net: Yolact, criterion: MultiBoxLoss, amp_dtype: Optional[torch.dtype] = None):
-        super().__init__()
-        self.net = net
-        self.criterion = criterion
-        self.amp_dtype = amp_dtype
-        self._loss_keys: Tuple[str, ...] = ('B', 'C', 'M')
-
-    def forward(self, images: torch.Tensor, targets: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
-                num_crowds: Sequence[int]) -> Dict[str, torch.Tensor]:
-        device_type = images.device.type
-        autocast = (torch.autocast(device_type=device_type, dtype=self.amp_dtype)
-                    if self.amp_dtype is not None else nullcontext())
-        with autocast:
-            preds = self.net(images)
-        floating = {k: v for k, v in preds.items() if torch.is_tensor(v) and v.is_floating_point()}
-        if self.amp_dtype is not None:
-            preds = dict(preds, **{k: v.float() for k, v in floating.items()})
-        finite = torch.stack([torch.isfinite(v).all() for v in floating.values()]).all()
-        if not bool(finite.item()):
-            nan = sum(v.float().sum() for v in floating.values()) * float('nan')
-            return {k: nan for k in self._loss_keys}
-        with torch.autocast(device_type=device_type, enabled=False) if self.amp_dtype is not None \
-                else nullcontext():
-            losses = self.criterion(self.net, preds, targets, masks, num_crowds)
-        self._loss_keys = tuple(losses)
-        return losses
-
-
-def build_criterion() -> MultiBoxLoss:
-    return MultiBoxLoss(num_classes=cfg.num_classes, pos_threshold=cfg.positive_iou_threshold,
-                        neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
-
-
-class FusedAdamW(torch.optim.AdamW):
-    """AdamW with the fused kernel: one pass over all parameters (the demo's step on two AVX2 cores:
-    0.38 -> 0.35 s). The kernel (torch 2.14) does not bump the parameters' version counters, and a
-    channels-last bf16 model then validated on stale weights, so step() bumps them itself."""
-
-    def __init__(self, params, **kwargs):
-        super().__init__(params, fused=True, **kwargs)
-
-    def step(self, closure=None):
-        loss = super().step(closure)
-        increment_version([p for group in self.param_groups for p in group['params'] if p.grad is not None])
-        return loss
-
-
-def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
-    """SGD as the original (cfg.optimizer 'sgd'), or AdamW ('adamw', for training from scratch)."""
-    if cfg.optimizer == 'adamw':
-        if next(net.parameters()).device.type in ('cpu', 'cuda'):  # torch_npu has no fused AdamW
-            return FusedAdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
-        return torch.optim.AdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
-    if cfg.optimizer != 'sgd':
-        raise ConfigError(f"config option optimizer = {cfg.optimizer!r}: expected 'sgd' or 'adamw'")
-    return torch.optim.SGD(net.parameters(), lr=sched.lr, momentum=sched.momentum, weight_decay=sched.decay)
-
-
-@dataclass
-class StepResult:
-    losses: Dict[str, float]
-    total: float
-    finite: bool  # over all processes; False means no weight update was made
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, scaler=None) -> StepResult:
-    """One forward/backward/update. A non-finite loss on any process skips the update everywhere.
-
-    backward runs even for a non-finite loss: under DDP every process must take part in the
-    gradient reduction, and the gradients are simply not applied.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    losses = model(*batch)
-    total = sum(losses.values())
-    (scaler.scale(total) if scaler is not None else total).backward()
-    finite = all_ranks_agree(bool(torch.isfinite(total).item()), total.device)
-    if finite:
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-    return StepResult({k: v.item() for k, v in losses.items()}, total.item(), finite)
 
 
 def init_weights(net: Yolact, save_folder: str) -> Optional[str]:

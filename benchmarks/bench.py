@@ -340,7 +340,8 @@ def run_eval(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
 
 def run_train(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     from data.config import cfg
-    from train import MIN_BN_BATCH, NetLoss, build_criterion, train_step
+    from utils.schedule import MIN_BN_BATCH
+    from utils.train_loop import NetLoss, build_criterion, train_step
     batch = row.batch or 2
     net = build_net(row.config, size, device, train=True, freeze_bn=batch < MIN_BN_BATCH)
     channels_last = use_channels_last(s.channels_last, device, row.amp, training=True)

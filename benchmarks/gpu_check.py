@@ -79,6 +79,8 @@ from utils.device import (  # noqa: E402
 )
 from utils.distributed import DistInfo  # noqa: E402
 from utils.inference import Predictor, benchmark  # noqa: E402
+from utils.schedule import build_optimizer, configure  # noqa: E402
+from utils.train_loop import NetLoss, build_criterion, train_step  # noqa: E402
 from utils.train_state import seed_everything  # noqa: E402
 from yolact import Yolact  # noqa: E402
 
@@ -547,7 +549,7 @@ class TrainData:
         argv = ['--config', f'{model}_config', '--data', str(self.root), '--batch_size', str(s.train_batch),
                 '--validation_epoch', '-1', '--no_autoscale', '--num_workers', '0', '--seed', '0']
         with contextlib.redirect_stdout(io.StringIO()):
-            self.sched = train.configure(train.build_parser().parse_args(argv), DistInfo())
+            self.sched = configure(train.build_parser().parse_args(argv), DistInfo())
         if s.tiny:
             shrink_config(dcn=model == 'yolact_plus_base', size=s.image_size)
         seed_everything(0)
@@ -581,7 +583,7 @@ def train_variant(v: TrainVariant, data: TrainData, device: torch.device, sizes:
     net.train()
     net.to(device)
     # The config's lr from the first step (train.py warms up over 500 steps; this run is 30 long).
-    optimizer = train.build_optimizer(net, data.sched)
+    optimizer = build_optimizer(net, data.sched)
     amp_dtype = torch.float16 if v.amp else None
     if v.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -589,14 +591,14 @@ def train_variant(v: TrainVariant, data: TrainData, device: torch.device, sizes:
     if v.compile:
         torch.compiler.reset()
         net.compile_network(freeze=False)
-    model = train.NetLoss(net, train.build_criterion(), amp_dtype)
+    model = NetLoss(net, build_criterion(), amp_dtype)
     memory_reset(device)
 
     totals, times, skipped = [], [], 0
     for step in range(sizes.train_steps):
         synchronize(device)
         start = time.perf_counter()
-        result = train.train_step(model, optimizer, data.batches[step % len(data.batches)], scaler)
+        result = train_step(model, optimizer, data.batches[step % len(data.batches)], scaler)
         synchronize(device)
         times.append(time.perf_counter() - start)
         totals.append(result.total)
