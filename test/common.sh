@@ -257,6 +257,126 @@ _yl_torchrun_launcher() {
     fi
 }
 
+# Process layout for <1p|8p>: YL_RANK_SIZE (this node's processes), YL_DEVICE_ID, YL_MAX_NODES,
+# YL_WORLD_SIZE. torchrun's variables must not leak into a 1p run (they would win in train.py).
+_yl_process_layout() {
+    if [ "$1" = 1p ]; then
+        YL_RANK_SIZE=1
+        YL_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
+        if ! _yl_is_uint "${YL_DEVICE_ID}"; then
+            _yl_err "ASCEND_DEVICE_ID must be a card index, got '${YL_DEVICE_ID}'"
+            return 2
+        fi
+        YL_MAX_NODES=1
+        export RANK_SIZE=1 RANK_ID=0 ASCEND_DEVICE_ID="${YL_DEVICE_ID}"
+        unset WORLD_SIZE RANK LOCAL_RANK
+    else
+        YL_RANK_SIZE="${RANK_SIZE:-8}"
+        if ! _yl_is_uint "${YL_RANK_SIZE}" || [ "${YL_RANK_SIZE}" -lt 1 ]; then
+            _yl_err "RANK_SIZE must be a positive process count, got '${YL_RANK_SIZE}'"
+            return 2
+        fi
+        _yl_check_nodes || return
+        # One process per card, chosen by torchrun's LOCAL_RANK; global rank 0 reports.
+        YL_DEVICE_ID=0
+        export RANK_SIZE="${YL_RANK_SIZE}"
+        unset RANK_ID ASCEND_DEVICE_ID WORLD_SIZE RANK LOCAL_RANK
+    fi
+    # Global batch, autoscaling and the summary follow the world size, not the per-node count.
+    YL_WORLD_SIZE=$(( YL_RANK_SIZE * YL_MAX_NODES ))
+}
+
+# Batch, data workers and iterations of a <full|perf> run: YL_BATCH, YL_WORKERS, YL_ITERS.
+_yl_run_settings() {
+    YL_BATCH="${YL_BATCH_SIZE:-${YOLACT_BATCH_SIZE}}"
+    YL_WORKERS="${YL_NUM_WORKERS}"
+    if [ -z "${YL_WORKERS}" ]; then
+        YL_WORKERS=$(( $(nproc 2>/dev/null || echo 8) / YL_RANK_SIZE ))
+        (( YL_WORKERS > 8 )) && YL_WORKERS=8
+        (( YL_WORKERS < 1 )) && YL_WORKERS=1
+    fi
+    YL_ITERS="${YL_MAX_ITER}"
+    if [ "$1" = perf ] && [ -z "${YL_ITERS}" ]; then
+        if [ -n "${YL_SYNTHETIC_DIR}" ]; then
+            # train.py divides by global batch / 8: ask for the single-card equivalent of N real ones.
+            local global=$(( YL_WORLD_SIZE * YL_BATCH ))
+            YL_ITERS=$(( (YOLACT_PERF_ITERS_SYNTHETIC * global + YOLACT_REFERENCE_BATCH - 1)
+                         / YOLACT_REFERENCE_BATCH ))
+        else
+            YL_ITERS="${YOLACT_PERF_ITERS_COCO}"
+        fi
+    fi
+    return 0
+}
+
+# The case name and output files of a <full|perf> run under $2: YL_CASE, YL_OUT, YL_RUN_DIR,
+# YL_TRAIN_LOG, YL_EVAL_LOG; a performance run starts from an empty case folder.
+_yl_output_paths() {
+    local mode="$1" output_root="$2" kind=acc
+    [ "${mode}" = perf ] && kind=perf
+    YL_CASE="${YOLACT_NETWORK}_bs${YL_BATCH}_${YL_WORLD_SIZE}p_${kind}"
+    YL_OUT="${output_root}/${YL_DEVICE_ID}"
+    YL_RUN_DIR="${YL_OUT}/${YL_CASE}"
+    local node_tag="" node_rank=0
+    [ "${YL_MAX_NODES}" -gt 1 ] && node_rank="${NODE_RANK:-0}" node_tag="_node${NODE_RANK:-0}"
+    YL_TRAIN_LOG="${YL_OUT}/train_${YL_DEVICE_ID}${node_tag}.log"
+    YL_EVAL_LOG="${YL_OUT}/eval_${YL_DEVICE_ID}.log"
+    if [ "${mode}" = perf ] && [ "${node_rank}" = 0 ]; then
+        rm -rf "${YL_RUN_DIR}"  # node 0 only: the folder is shared, and the others may have started
+    fi
+    mkdir -p "${YL_RUN_DIR}/weights" "${YL_RUN_DIR}/logs" || return
+    rm -f "${YL_TRAIN_LOG}" "${YL_EVAL_LOG}" "${YL_OUT}/${YL_CASE}.log"
+}
+
+# train.py for a <full|perf> <1p|8p> run, under torchrun for 8p; fails with train.py's status.
+_yl_train() {
+    local mode="$1" scale="$2"
+    local train_args=(train.py --config="${YL_CONFIG}" --data="${YL_DATA_ROOT}" --batch_size="${YL_BATCH}"
+                      --num_workers="${YL_WORKERS}" --seed="${YOLACT_SEED}" --node_device="${YL_DEVICE}"
+                      --save_folder="${YL_RUN_DIR}/weights" --log_folder="${YL_RUN_DIR}/logs")
+    [ -n "${YL_ITERS}" ] && train_args+=(--max_iter="${YL_ITERS}")
+    [ "${mode}" = perf ] && train_args+=(--validation_epoch=-1)
+    # Restarted workers continue from the newest checkpoint (a --resume of the caller's still wins).
+    [ "${MAX_RESTARTS:-0}" != 0 ] && train_args+=(--resume=auto)
+    train_args+=("${YL_EXTRA[@]}")
+
+    local launcher=("${YL_PYTHON}" -u)
+    [ "${scale}" = 8p ] && _yl_torchrun_launcher "${YL_RANK_SIZE}"
+    export PYTHONUNBUFFERED=1
+
+    _yl_run_logged "${YL_TRAIN_LOG}" "${launcher[@]}" "${train_args[@]}"
+    local rc=$?
+    # torchrun exits 1 when it was stopped by a signal; its workers still saved an interrupt checkpoint.
+    if [ "${rc}" -ge 128 ] || { [ "${rc}" != 0 ] && grep -q '^Stopped by SIG' "${YL_TRAIN_LOG}"; }; then
+        local resume_hint=""
+        [ "${mode}" = full ] && resume_hint="; the same command with --resume=auto continues it"
+        _yl_err "training stopped by a signal (exit status ${rc})${resume_hint}; see ${YL_TRAIN_LOG}"
+        return "${rc}"
+    elif [ "${rc}" != 0 ]; then
+        _yl_err "training failed (exit status ${rc}); see ${YL_TRAIN_LOG}"
+        return "${rc}"
+    fi
+}
+
+# eval.py on the final checkpoint of a full run (written since $1, the start time).
+_yl_evaluate() {
+    local checkpoint
+    checkpoint="$("${YL_PYTHON}" -m utils.launch_summary checkpoint --save_folder="${YL_RUN_DIR}/weights" \
+                  --log_folder="${YL_RUN_DIR}/logs" --console="${YL_TRAIN_LOG}" --since="$1")" || return 1
+    local eval_device="${YL_DEVICE}"
+    [ "${YL_DEVICE}" != cpu ] && eval_device="${YL_DEVICE}:${YL_DEVICE_ID}"
+    _yl_say "evaluating the final checkpoint ${checkpoint}"
+    # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags
+    _yl_run_logged "${YL_EVAL_LOG}" "${YL_PYTHON}" -u eval.py --trained_model="${checkpoint}" \
+        --config="${YL_CONFIG}" --val_data="${YL_DATA_ROOT}" --node_device="${eval_device}" --no_bar \
+        ${EVAL_ARGS:-}
+    local rc=$?
+    if [ "${rc}" != 0 ]; then
+        _yl_err "evaluation failed (exit status ${rc}); see ${YL_EVAL_LOG}"
+        return "${rc}"
+    fi
+}
+
 # yolact_launch <full|perf> <1p|8p> [script arguments...]
 yolact_launch() {
     local mode="$1" scale="$2"
@@ -274,130 +394,30 @@ yolact_launch() {
     mkdir -p "${output_root}" && output_root="$(cd "${output_root}" && pwd)" || return
     cd "${YOLACT_ROOT}" || return
     _yl_pick_device || return
-
-    # Process layout. torchrun's variables must not leak into a 1p run (they would win in train.py).
-    local rank_size device_id
-    if [ "${scale}" = 1p ]; then
-        rank_size=1
-        device_id="${ASCEND_DEVICE_ID:-0}"
-        if ! _yl_is_uint "${device_id}"; then
-            _yl_err "ASCEND_DEVICE_ID must be a card index, got '${device_id}'"
-            return 2
-        fi
-        YL_MAX_NODES=1
-        export RANK_SIZE=1 RANK_ID=0 ASCEND_DEVICE_ID="${device_id}"
-        unset WORLD_SIZE RANK LOCAL_RANK
-    else
-        rank_size="${RANK_SIZE:-8}"
-        if ! _yl_is_uint "${rank_size}" || [ "${rank_size}" -lt 1 ]; then
-            _yl_err "RANK_SIZE must be a positive process count, got '${rank_size}'"
-            return 2
-        fi
-        _yl_check_nodes || return
-        # One process per card, chosen by torchrun's LOCAL_RANK; global rank 0 reports.
-        device_id=0
-        export RANK_SIZE="${rank_size}"
-        unset RANK_ID ASCEND_DEVICE_ID WORLD_SIZE RANK LOCAL_RANK
-    fi
-    # Global batch, autoscaling and the summary follow the world size, not the per-node count.
-    local world_size=$(( rank_size * YL_MAX_NODES ))
-
+    _yl_process_layout "${scale}" || return
     if [ -n "${YL_SYNTHETIC_DIR}" ]; then
         _yl_prepare_synthetic || return
     fi
+    _yl_run_settings "${mode}"
+    _yl_output_paths "${mode}" "${output_root}" || return
 
-    local batch="${YL_BATCH_SIZE:-${YOLACT_BATCH_SIZE}}"
-    local workers="${YL_NUM_WORKERS}"
-    if [ -z "${workers}" ]; then
-        workers=$(( $(nproc 2>/dev/null || echo 8) / rank_size ))
-        (( workers > 8 )) && workers=8
-        (( workers < 1 )) && workers=1
-    fi
-    local max_iter="${YL_MAX_ITER}"
-    if [ "${mode}" = perf ] && [ -z "${max_iter}" ]; then
-        if [ -n "${YL_SYNTHETIC_DIR}" ]; then
-            # train.py divides by global batch / 8: ask for the single-card equivalent of N real ones.
-            local global=$(( world_size * batch ))
-            max_iter=$(( (YOLACT_PERF_ITERS_SYNTHETIC * global + YOLACT_REFERENCE_BATCH - 1)
-                         / YOLACT_REFERENCE_BATCH ))
-        else
-            max_iter="${YOLACT_PERF_ITERS_COCO}"
-        fi
-    fi
+    _yl_say "${YL_CASE}: device ${YL_DEVICE}, ${YL_MAX_NODES} node(s) x ${YL_RANK_SIZE} process(es) x batch" \
+            "${YL_BATCH}, config ${YL_CONFIG}, data ${YL_DATA_ROOT}${YL_ITERS:+, max_iter ${YL_ITERS}}"
+    _yl_say "logs in ${YL_OUT}/"
+    _yl_train "${mode}" "${scale}" || return
 
-    local kind=acc
-    [ "${mode}" = perf ] && kind=perf
-    local case_name="${YOLACT_NETWORK}_bs${batch}_${world_size}p_${kind}"
-    local out="${output_root}/${device_id}"
-    local run_dir="${out}/${case_name}"
-    local node_tag=""
-    local node_rank=0
-    [ "${YL_MAX_NODES}" -gt 1 ] && node_rank="${NODE_RANK:-0}" node_tag="_node${NODE_RANK:-0}"
-    local train_log="${out}/train_${device_id}${node_tag}.log" eval_log="${out}/eval_${device_id}.log"
-    if [ "${mode}" = perf ] && [ "${node_rank}" = 0 ]; then
-        rm -rf "${run_dir}"  # node 0 only: the folder is shared, and the others may have started
-    fi
-    mkdir -p "${run_dir}/weights" "${run_dir}/logs" || return
-    rm -f "${train_log}" "${eval_log}" "${out}/${case_name}.log"
-
-    _yl_say "${case_name}: device ${YL_DEVICE}, ${YL_MAX_NODES} node(s) x ${rank_size} process(es) x batch ${batch}," \
-            "config ${YL_CONFIG}, data ${YL_DATA_ROOT}${max_iter:+, max_iter ${max_iter}}"
-    _yl_say "logs in ${out}/"
-
-    local train_args=(train.py --config="${YL_CONFIG}" --data="${YL_DATA_ROOT}" --batch_size="${batch}"
-                      --num_workers="${workers}" --seed="${YOLACT_SEED}" --node_device="${YL_DEVICE}"
-                      --save_folder="${run_dir}/weights" --log_folder="${run_dir}/logs")
-    [ -n "${max_iter}" ] && train_args+=(--max_iter="${max_iter}")
-    [ "${mode}" = perf ] && train_args+=(--validation_epoch=-1)
-    # Restarted workers continue from the newest checkpoint (a --resume of the caller's still wins).
-    [ "${MAX_RESTARTS:-0}" != 0 ] && train_args+=(--resume=auto)
-    train_args+=("${YL_EXTRA[@]}")
-
-    local launcher=("${YL_PYTHON}" -u)
-    [ "${scale}" = 8p ] && _yl_torchrun_launcher "${rank_size}"
-    export PYTHONUNBUFFERED=1
-
-    _yl_run_logged "${train_log}" "${launcher[@]}" "${train_args[@]}"
-    rc=$?
-    # torchrun exits 1 when it was stopped by a signal; its workers still saved an interrupt checkpoint.
-    if [ "${rc}" -ge 128 ] || { [ "${rc}" != 0 ] && grep -q '^Stopped by SIG' "${train_log}"; }; then
-        local resume_hint=""
-        [ "${mode}" = full ] && resume_hint="; the same command with --resume=auto continues it"
-        _yl_err "training stopped by a signal (exit status ${rc})${resume_hint}; see ${train_log}"
-        return "${rc}"
-    elif [ "${rc}" != 0 ]; then
-        _yl_err "training failed (exit status ${rc}); see ${train_log}"
-        return "${rc}"
-    fi
-
-    if [ "${YL_MAX_NODES}" -gt 1 ] && ! grep -q '^Train summary:' "${train_log}"; then
+    if [ "${YL_MAX_NODES}" -gt 1 ] && ! grep -q '^Train summary:' "${YL_TRAIN_LOG}"; then
         # Global rank 0 ran on another node: it evaluates and reports there.
         _yl_say "training finished; global rank 0 ran on another node, which evaluates and reports"
         return 0
     fi
-
     local report_args=()
     if [ "${mode}" = full ]; then
-        local checkpoint
-        checkpoint="$("${YL_PYTHON}" -m utils.launch_summary checkpoint --save_folder="${run_dir}/weights" \
-                      --log_folder="${run_dir}/logs" --console="${train_log}" --since="${start_time}")" || return 1
-        local eval_device="${YL_DEVICE}"
-        [ "${YL_DEVICE}" != cpu ] && eval_device="${YL_DEVICE}:${device_id}"
-        _yl_say "evaluating the final checkpoint ${checkpoint}"
-        # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags
-        _yl_run_logged "${eval_log}" "${YL_PYTHON}" -u eval.py --trained_model="${checkpoint}" \
-            --config="${YL_CONFIG}" --val_data="${YL_DATA_ROOT}" --node_device="${eval_device}" --no_bar \
-            ${EVAL_ARGS:-}
-        rc=$?
-        if [ "${rc}" != 0 ]; then
-            _yl_err "evaluation failed (exit status ${rc}); see ${eval_log}"
-            return "${rc}"
-        fi
-        report_args+=(--eval_output="${eval_log}")
+        _yl_evaluate "${start_time}" || return
+        report_args+=(--eval_output="${YL_EVAL_LOG}")
     fi
-
-    "${YL_PYTHON}" -m utils.launch_summary report --case="${case_name}" --rank_size="${world_size}" \
-        --batch_size="${batch}" --node_device="${YL_DEVICE}" --log_folder="${run_dir}/logs" \
-        --console="${train_log}" --since="${start_time}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
-        --out="${out}/${case_name}.log" "${report_args[@]}"
+    "${YL_PYTHON}" -m utils.launch_summary report --case="${YL_CASE}" --rank_size="${YL_WORLD_SIZE}" \
+        --batch_size="${YL_BATCH}" --node_device="${YL_DEVICE}" --log_folder="${YL_RUN_DIR}/logs" \
+        --console="${YL_TRAIN_LOG}" --since="${start_time}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
+        --out="${YL_OUT}/${YL_CASE}.log" "${report_args[@]}"
 }
