@@ -203,10 +203,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EvalArgs:
     return opts
 
 
-def default_options() -> EvalArgs:
-    return EvalArgs()
-
-
 # ----------------------------------------------------------------------------- setup
 
 def resolve_checkpoint(opts: EvalArgs, folder: str = 'weights/') -> str:

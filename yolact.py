@@ -265,7 +265,6 @@ class Yolact(nn.Module):
             src_channels = [cfg.fpn.num_features] * len(self.selected_layers)
 
         self.prediction_layers = nn.ModuleList()
-        cfg.num_heads = len(self.selected_layers)
         for idx, layer_idx in enumerate(self.selected_layers):
             parent = self.prediction_layers[0] if cfg.share_prediction_module and idx > 0 else None
             self.prediction_layers.append(PredictionModule(

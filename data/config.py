@@ -467,8 +467,6 @@ coco_base_config = Config({
 
     # Number of prototypes; set by Yolact from the protonet's last layer.
     'mask_dim': None,
-    # Number of prediction heads; set by Yolact.
-    'num_heads': None,
 
     # Input size (images are resized to max_size x max_size).
     'max_size': 300,
@@ -620,10 +618,6 @@ def _registry(kind: str) -> Dict[str, Config]:
 
 def config_names() -> list:
     return sorted(_registry('_config'))
-
-
-def dataset_names() -> list:
-    return sorted(_registry('_dataset'))
 
 
 def _lookup(name: str, kind: str) -> Config:

@@ -272,11 +272,6 @@ def match(pos_thresh: float, neg_thresh: float, truths: Tensor, priors: Tensor, 
     return loc_t, conf_t, idx_t
 
 
-def log_sum_exp(x: Tensor) -> Tensor:
-    """log(sum(exp(x), dim=1)) for x (Tensor[N, C]), computed stably. Returns Tensor[N]."""
-    return torch.logsumexp(x, dim=1)
-
-
 def sanitize_coordinates(_x1: Tensor, _x2: Tensor, img_size: int, padding: int = 0,
                          cast: bool = True) -> Tuple[Tensor, Tensor]:
     """Scale relative coordinates to pixels and make them a valid, ordered, in-image interval.
@@ -322,8 +317,3 @@ def crop(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
     cols = ((xs >= x1) & (xs < x2)).to(masks.dtype)
     rows = ((ys >= y1) & (ys < y2)).to(masks.dtype)
     return masks * (rows * cols)
-
-
-def index2d(src: Tensor, idx: Tensor) -> Tensor:
-    """out[i, j] = src[i, idx[i, j]] for src (Tensor[N, M]) and idx (Tensor[N, K]) int64."""
-    return torch.gather(src, 1, idx)

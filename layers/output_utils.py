@@ -125,8 +125,7 @@ def _upsample_windows(masks: Tensor, h: int, w: int, taps: Tuple[Taps, Taps],
 
 
 def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
-                interpolation_mode: str = 'bilinear', visualize_lincomb: bool = False,
-                crop_masks: bool = True, score_threshold: float = 0
+                interpolation_mode: str = 'bilinear', crop_masks: bool = True, score_threshold: float = 0
                 ) -> Tuple[Tensor, Union[Tensor, List[Tensor]], Tensor, Tensor]:
     """Detections of one image in pixel coordinates with full-size masks.
 
@@ -135,8 +134,6 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         w, h: size in pixels of the image the results are for.
         batch_idx: which image of the batch.
         interpolation_mode: F.interpolate mode used to upsample masks from prototype resolution.
-        visualize_lincomb: accepted for compatibility with the original's signature and ignored
-            (the original opened matplotlib windows showing the prototype combination).
         crop_masks: zero each mask outside its box (at prototype resolution, before upsampling).
         score_threshold: drop detections scoring at or below this before any mask work.
     Returns:

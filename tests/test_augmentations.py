@@ -23,7 +23,6 @@ from utils.augmentations import (
     RandomSampleCrop,
     Resize,
     SSDAugmentation,
-    SwapChannels,
     enable_if,
 )
 
@@ -347,11 +346,6 @@ def test_invalid_arguments_raise():
         ConvertColor('RGB', 'HSV')
     with pytest.raises(ValueError):
         BackboneTransform(resnet_transform, MEANS, STD, 'BGRA')
-
-
-def test_swap_channels():
-    img = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
-    np.testing.assert_array_equal(SwapChannels((2, 1, 0))(img)[0], img[:, :, ::-1])
 
 
 # ----------------------- eval transforms ----------------------- #

@@ -11,10 +11,8 @@ from layers.box_utils import (
     elemwise_box_iou,
     elemwise_mask_iou,
     encode,
-    index2d,
     intersect,
     jaccard,
-    log_sum_exp,
     mask_iou,
     match,
     point_form,
@@ -123,14 +121,6 @@ def test_crop_known_mask():
     assert torch.equal(crop(masks, boxes)[:, :, 0], expected_pad)
     with pytest.raises(ValueError):
         crop(masks, boxes[:1])
-
-
-def test_index2d_and_log_sum_exp():
-    src = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    idx = torch.tensor([[2, 0, 0], [1, 1, 2]])
-    assert index2d(src, idx).tolist() == [[3.0, 1.0, 1.0], [5.0, 5.0, 6.0]]
-    x = torch.tensor([[0.0, math.log(3.0)], [100.0, 100.0]])
-    assert torch.allclose(log_sum_exp(x), torch.tensor([math.log(4.0), 100.0 + math.log(2.0)]))
 
 
 def _priors_from_points(boxes):

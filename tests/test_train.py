@@ -428,6 +428,6 @@ def test_overfit_batch_is_found_again_by_eval(tiny):
         train.train_step(model, optimizer, batch)
     ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform())
     ds.ids = ds.ids[:2]  # the two training images
-    result = eval_script.evaluate(net, ds, train_mode=True, opts=eval_script.default_options(),
+    result = eval_script.evaluate(net, ds, train_mode=True, opts=eval_script.EvalArgs(),
                                   no_bar=True, max_images=2, fast_nms=True)
     assert result['box']['all'] > 30 and result['mask']['all'] > 30, result

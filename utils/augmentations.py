@@ -267,24 +267,6 @@ class ConvertColor:
         return cv2.cvtColor(image, self._CODES[(self.current, self.transform)]), masks, boxes, labels
 
 
-class SwapChannels:
-    """Reorder the channels of an [H, W, C] image: output channel i is input channel swaps[i]."""
-
-    def __init__(self, swaps: Sequence[int]):
-        self.swaps = list(swaps)
-
-    def __call__(self, image, masks=None, boxes=None, labels=None) -> Sample:
-        return image[:, :, self.swaps], masks, boxes, labels
-
-
-class RandomLightingNoise:
-    """The identity. SSD shuffles the colour channels here; YOLACT switched that off (and draws no
-    random number for it), so this only keeps the name of the pipeline step."""
-
-    def __call__(self, image, masks=None, boxes=None, labels=None) -> Sample:
-        return image, masks, boxes, labels
-
-
 class PhotometricDistort:
     """SSD's colour jitter on a float BGR image: random brightness, then random contrast either
     before or after random saturation and hue (done in HSV). Works on a copy of the image."""
