@@ -313,10 +313,9 @@ def check_onnx(model: ExportableYolact, path: str, batch_sizes: Sequence[int] = 
 DEFAULT_CALIB_IMAGES = 100
 # The outputs whose layers stay in float32 in an int8 export: everything from the last convolution
 # before each of them to the output. Chosen by mAP through the file on the demo model
-# (benchmarks/README.md, "int8 deployment"): int8 box regressions cost 2.5 box mAP; int8 mask
-# coefficients and prototypes cost 0.1 mask mAP, kept in float32 as a margin for models with more
-# classes than the demo's six (about 9 % of yolact_base's int8 network time); int8 class scores
-# cost nothing measurable.
+# (benchmarks/README.md, "int8 deployment"): int8 box regressions cost box mAP; the mask
+# coefficients and prototypes, nearly free in int8 on the demo, stay float32 as a margin for models
+# with more classes than the demo's six; int8 class scores cost nothing measurable.
 FLOAT_OUTPUTS = ('boxes', 'coeffs', 'proto')
 
 

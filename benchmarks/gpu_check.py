@@ -532,14 +532,14 @@ TRAIN_VARIANTS = (TrainVariant('yolact_base', False, False), TrainVariant('yolac
 
 
 class TrainData:
-    """train.configure for a model on the synthetic set, and the batches of the steps, prepared
+    """utils.schedule.configure for a model on the synthetic set, and the batches of the steps, prepared
     once (COCODetection + SSDAugmentation, then on the device) so the timing is the step alone."""
 
     def __init__(self, root: Path, device: torch.device, sizes: Sizes):
         self.root, self.device, self.sizes = root, device, sizes
         self.model: Optional[str] = None
         self.sched = None     # train.Schedule of the model
-        self.config = None    # the cfg train.configure (and the dry run's shrinking) left
+        self.config = None    # the cfg configure (and the dry run's shrinking) left
         self.batches: List = []
 
     def use(self, model: str) -> None:

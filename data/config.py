@@ -667,29 +667,11 @@ def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None
 
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
 
-# Trains from scratch (no pretrained weights on a fresh machine) on the synthetic shapes, on two
-# CPU cores in about 13 minutes (float32, AVX2). Chosen by measurement (README, Results):
-# - a half-width ResNet-18 (32-256 channels): 2.5x fewer FLOPs and 1.9x the images per second of
-#   the standard one on AVX2, and the same mAP for the same number of images seen;
-# - GroupNorm after the 3x3 convs of the heads and the protonet (head_norm_groups, this port's
-#   option, off in the original's configs): the largest single gain for a from-scratch model
-#   (2000 steps: 44.3 / 44.5 without, 47.9 / 47.5 with; on the FPN outputs too it did no better);
-# - the learning rate steps late (90 % and 96 % of the run): steps at 60 % or 80 % did worse;
-# - 160 px input, the size the dataset is drawn at: at 128 px the same 8,000 images gave half the
-#   mAP (stride-8 features are too coarse for 20 px shapes);
-# - three anchor scales per level (2^0, 2^1/3, 2^2/3) and a 0.4 IoU positive threshold: about ten
-#   positive anchors per object instead of one or two, many more learning signals per image;
-# - FPN, heads and protonet 32 wide, 16 prototypes: fewer FLOPs per step than 64 wide, slower to
-#   learn per step but ahead for the same time;
-# - 2000 iterations: what two AVX2 cores run in about 13 minutes (0.35 s per batch of 8, measured);
-#   batch 6 for more steps of fewer images did not do better;
-# - the class head is what lags (class-agnostic box AP is ~6 points above the class-aware one):
-#   one more 3x3 conv in its branch, 3x its loss weight, and 3x the weight of the semantic
-#   segmentation loss, which teaches the P3 features the classes per pixel (49.4 / 49.5 -> 51.3 / 51.0);
-# - AdamW (the original's SGD barely moves from scratch in so few steps; lr 3e-3 and 4e-3, and
-#   He/zero-residual initialisation did no better), no photometric distortion (the shapes already
-#   have random colours, shading and noise), no zoom-out / random crop (they shrink objects that are
-#   already small), and a short warm-up.
+# The demo (run_demo.sh): trains from scratch on the synthetic shapes, on a few CPU cores, in about
+# a quarter of an hour, since a fresh machine has no pretrained weights. Every choice below spends
+# the few images such a run sees where they teach most: a small, half-width backbone, GroupNorm in
+# the heads, several anchors per object, a heavier class branch, AdamW and no augmentation that
+# shrinks the already small shapes. The measurements behind each are in README.md (Results).
 _DEMO_WIDTH = 32
 yolact_resnet18_synthetic_config = yolact_base_config.copy({
     'name': 'yolact_resnet18_synthetic',

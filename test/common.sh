@@ -48,7 +48,7 @@ YOLACT_SYNTHETIC_CONFIG=yolact_resnet18_synthetic_config
 # synthetic data a short run of real iterations (enough to get past train.py's fps warm-up).
 YOLACT_PERF_ITERS_COCO=2000
 YOLACT_PERF_ITERS_SYNTHETIC=20
-# Iterations are counted for this global batch (train.py's REFERENCE_BATCH).
+# Iterations are counted for this global batch (REFERENCE_BATCH of utils/schedule.py).
 YOLACT_REFERENCE_BATCH=8
 
 _yl_say() { echo "[${YOLACT_NETWORK}] $*"; }

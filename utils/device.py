@@ -87,7 +87,8 @@ def cpu_capability() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bfloat16 in hardware (AVX512-BF16 or AMX). On AVX2-only CPUs bf16
-    autocast is emulated and about 17x slower than float32, so `--amp` falls back to float32."""
+    autocast is emulated and far slower than float32 (README, Environment), so `--amp` falls back
+    to float32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -136,12 +137,11 @@ def grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
 def prefers_channels_last(device: torch.device, amp: bool, training: bool = False) -> bool:
     """Whether YOLACT runs faster with channels-last (NHWC) weights and activations here.
 
-    Measured with benchmarks/bench.py: on CPU, oneDNN convolutions skip a layout reorder per conv
-    in NHWC: eval gains in float32 (AVX2: 1.62 -> 1.34 s/img for yolact_base) and more in bf16.
-    Training gains on AVX512/AMX CPUs (yolact_base step: 18% less CPU time in fp32, 45% in
-    bf16), while on AVX2-only CPUs its backward convolutions are slower in NHWC (+10%), so
-    training there keeps the default layout. On CUDA, NHWC is what tensor cores use under fp16/bf16 autocast. Results
-    are unchanged either way.
+    On CPU, oneDNN convolutions skip a layout reorder per conv in NHWC, which pays off for
+    inference everywhere; for training only on AVX512/AMX CPUs, since on AVX2-only CPUs the backward
+    convolutions are slower in NHWC. On CUDA, NHWC is what tensor cores use under fp16/bf16
+    autocast. Results are unchanged either way; the measurements are in benchmarks/README.md
+    ("Speed paths in the code").
     """
     if device.type == 'cpu':
         return not training or cpu_capability().startswith('AVX512')

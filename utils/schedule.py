@@ -89,9 +89,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class FusedAdamW(torch.optim.AdamW):
-    """AdamW with the fused kernel: one pass over all parameters (the demo's step on two AVX2 cores:
-    0.38 -> 0.35 s). The kernel (torch 2.14) does not bump the parameters' version counters, and a
-    channels-last bf16 model then validated on stale weights, so step() bumps them itself."""
+    """AdamW with the fused kernel: one pass over all parameters instead of one per tensor. The
+    kernel (torch 2.14) does not bump the parameters' version counters, and a channels-last bf16
+    model then validated on stale weights, so step() bumps them itself."""
 
     def __init__(self, params, **kwargs):
         super().__init__(params, fused=True, **kwargs)
