@@ -237,7 +237,7 @@ def setup_config(opts: EvalArgs, evaluating: bool = False,
         set_cfg(opts.config)
         if opts.dataset is not None:
             set_dataset(opts.dataset)
-        from_file = use_checkpoint_classes(opts.trained_model)
+        from_file = use_checkpoint_classes(opts.trained_model, cfg)
     paths = user_dataset_paths(opts.val_data, {'valid_images': opts.valid_images, 'valid_info': opts.valid_info},
                                splits=('val',)) if evaluating else None
     if paths is not None:
@@ -290,7 +290,7 @@ def build_dataset(opts: EvalArgs) -> COCODetection:
             raise DatasetFileNotFoundError(
                 f"validation {what} not found: {path} (dataset '{cfg.dataset.name}'; "
                 f"use --val_data ROOT or --dataset NAME)")
-    return COCODetection(images, info, transform=BaseTransform(), has_gt=cfg.dataset.has_gt)
+    return COCODetection(images, info, transform=BaseTransform(cfg), has_gt=cfg.dataset.has_gt, config=cfg)
 
 
 # ----------------------------------------------------------------------------- images / videos
@@ -386,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if session is not None:
             net = load_exported(opts.trained_model, session, meta)
         else:
-            net = load_model(opts.trained_model, device)
+            net = load_model(opts.trained_model, device, cfg)
         if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None) is not None):
             net = net.to(memory_format=torch.channels_last)  # same results, faster convs here
         if opts.compile:

@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from backbone import DCN
 from data.coco import COCODetection, DatasetFileNotFoundError, DatasetFormatError, coco_dataset_paths
-from data.config import MEANS, STD, ConfigError, activation_func, cfg, set_cfg
+from data.config import MEANS, STD, Config, ConfigError, activation_func, cfg, set_cfg
 from layers.box_utils import decode
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
@@ -87,7 +87,7 @@ class ExportableYolact(nn.Module):
 
     It runs the wrapped network's own forward with its `detect` step swapped for a passthrough, so
     everything up to NMS (class_scores included) is Yolact's code; only the box decoding is added.
-    The input size is cfg.max_size when the wrapper is built (the size the network's priors use).
+    The input size is the network's config's max_size (the size its priors use).
 
     forward(images (Tensor[B, 3, S, S])) -> (boxes [B, P, 4] relative (x1, y1, x2, y2),
     scores [B, P, C], coeffs [B, P, M], proto [B, h, w, M]).
@@ -98,7 +98,7 @@ class ExportableYolact(nn.Module):
         if not net.eval_mask_branch:
             raise ExportError("export needs the mask branch: cfg.eval_mask_branch is False")
         self.net = net
-        self.image_size = int(cfg.max_size)
+        self.image_size = int(net.config.max_size)
         self.eval()
 
     @property
@@ -319,10 +319,10 @@ DEFAULT_CALIB_IMAGES = 100
 FLOAT_OUTPUTS = ('boxes', 'coeffs', 'proto')
 
 
-def calibration_inputs(root: str, count: int = DEFAULT_CALIB_IMAGES) -> List[np.ndarray]:
+def calibration_inputs(root: str, config: Config, count: int = DEFAULT_CALIB_IMAGES) -> List[np.ndarray]:
     """`count` images of the COCO-format dataset at `root` (its val split, else its train split),
     evenly spread over the dataset, as network inputs float32[1, 3, S, S] made by the evaluation
-    transform (BaseTransform at cfg.max_size, what eval.py feeds the network).
+    transform (BaseTransform at config.max_size, what eval.py feeds the network).
 
     Only the pixels are read: calibration measures the range of each activation, no labels.
     """
@@ -336,12 +336,12 @@ def calibration_inputs(root: str, count: int = DEFAULT_CALIB_IMAGES) -> List[np.
     except DatasetFileNotFoundError:
         paths = coco_dataset_paths(root, ('train',))
         images, info = paths.train_images, paths.train_info
-    dataset = COCODetection(images, info, has_gt=False)
+    dataset = COCODetection(images, info, has_gt=False, config=config)
     total = len(dataset.ids)
     if total == 0:
         raise ExportError(f"--calib_data: {info} lists no images")
     picked = sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
-    transform = BaseTransform()
+    transform = BaseTransform(config)
     inputs = []
     for index in picked:
         img = transform(dataset.pull_image(index))[0]
@@ -539,21 +539,22 @@ def build_exportable(trained_model: str, config: Optional[str] = None,
     """Activate the config (given or inferred from the checkpoint name), set the input size, and
     load the checkpoint into an ExportableYolact on the CPU.
 
-    image_size replaces cfg.max_size before the network is built: the side of the square input
-    and the image size the priors' pixel scales refer to.
+    image_size replaces the config's max_size (in the network's copy of it, net.config; the global
+    cfg keeps its own): the side of the square input and the image size the priors' pixel scales
+    refer to.
     """
     if config is None:
         config = config_name_from_checkpoint(trained_model)
         print(f'Config not specified. Parsed {config} from the file name.')
-    set_cfg(config)
-    use_checkpoint_classes(trained_model)
+    active = set_cfg(config)
+    use_checkpoint_classes(trained_model, active)
     if image_size is not None:
         if image_size < 32:
             raise ExportError(f"--image_size must be at least 32 pixels, got {image_size}")
-        cfg.max_size = image_size
-    if cfg.preserve_aspect_ratio:
+        active = active.copy({'max_size': image_size})
+    if active.preserve_aspect_ratio:
         raise ExportError("configs with preserve_aspect_ratio have no single input size to export")
-    net = load_model(trained_model, torch.device('cpu'))
+    net = load_model(trained_model, torch.device('cpu'), active)
     return ExportableYolact(net)
 
 
@@ -637,7 +638,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.makedirs(folder, exist_ok=True)
 
         if args.int8:
-            inputs = calibration_inputs(args.calib_data, args.calib_images or DEFAULT_CALIB_IMAGES)
+            inputs = calibration_inputs(args.calib_data, model.net.config, args.calib_images or DEFAULT_CALIB_IMAGES)
             written = export_int8(model, output, inputs, args.opset, args.dynamic_batch, args.check)
         elif args.format == 'onnx':
             written = export_onnx(model, output, args.opset, args.dynamic_batch)

@@ -176,13 +176,13 @@ def check_args(args: argparse.Namespace) -> None:
 def build_datasets(seed: int, need_val: bool) -> Tuple[COCODetection, Optional[COCODetection]]:
     """Training set with SSDAugmentation and (if validating) the validation set with BaseTransform."""
     train_set = COCODetection(image_path=cfg.dataset.train_images, info_file=cfg.dataset.train_info,
-                              transform=SSDAugmentation(MEANS, STD), dataset_name=cfg.dataset.name,
-                              resample_seed=seed)
+                              transform=SSDAugmentation(cfg, MEANS, STD), dataset_name=cfg.dataset.name,
+                              config=cfg, resample_seed=seed)
     val_set = None
     if need_val:
         val_set = COCODetection(image_path=cfg.dataset.valid_images, info_file=cfg.dataset.valid_info,
-                                transform=BaseTransform(MEANS, STD), dataset_name=cfg.dataset.name,
-                                has_gt=cfg.dataset.has_gt)
+                                transform=BaseTransform(cfg, MEANS, STD), dataset_name=cfg.dataset.name,
+                                has_gt=cfg.dataset.has_gt, config=cfg)
     return train_set, val_set
 
 
@@ -298,7 +298,7 @@ class Trainer:
                 datum = next(batches)
                 self.lr = learning_rate(self.iteration, self.sched)
                 set_lr(self.optimizer, self.lr)
-                result = train_step(self.model, self.optimizer, prepare_batch(datum, self.device), self.scaler)
+                result = train_step(self.model, self.optimizer, prepare_batch(datum, self.device, cfg.preserve_aspect_ratio), self.scaler)
                 synchronize(self.device)
                 now = time.perf_counter()
                 elapsed, last_time = now - last_time, now
@@ -389,7 +389,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
 
-    net = Yolact()
+    net = Yolact(cfg)
     restarts = restart_count()
     if resume_path is not None:
         if info.is_main:
@@ -417,7 +417,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     if args.start_iter != -1:
         iteration = args.start_iter
 
-    model = wrap_ddp(NetLoss(net, build_criterion(), amp_dtype), device, info)
+    model = wrap_ddp(NetLoss(net, build_criterion(cfg), amp_dtype), device, info)
     loader, sampler = resumable_loader(train_set, args.batch_size, args.num_workers, seed, info.world_size, info.rank,
                                        detection_collate, pin_memory=device.type == 'cuda')
 

@@ -2,8 +2,9 @@
 
 Module and parameter names follow the original repository exactly, so its published checkpoints
 (yolact_base_54_800000.pth, yolact_plus_base_54_800000.pth, ...) load without renaming.
-The network reads the global `cfg` once, when it is built; the device of every tensor it creates
-follows its parameters (no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
+The network reads the config it is given (``Yolact(set_cfg('yolact_base'))``) once, when it is
+built, and never the global `cfg`; the device of every tensor it creates follows its parameters
+(no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
 """
 import math
 import os
@@ -14,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbone import construct_backbone
-from data.config import ConfigError, cfg, describe_classes, mask_type
+from data.config import Config, ConfigError, describe_classes, mask_type
 from layers.functions.detection import Detect
 from layers.interpolate import InterpolateModule
 from utils.checkpoint import CheckpointError, load_state_dict_file, read_classes, save_file
@@ -88,10 +89,12 @@ class PredictionModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int = 1024,
                  aspect_ratios: Sequence[Sequence[float]] = ((1,),), scales: Sequence[float] = (1,),
-                 parent: Optional['PredictionModule'] = None, index: int = 0):
+                 parent: Optional['PredictionModule'] = None, index: int = 0, *,
+                 config: Config, mask_dim: int):
         super().__init__()
+        cfg = config
         self.num_classes = cfg.num_classes
-        self.mask_dim = cfg.mask_dim
+        self.mask_dim = mask_dim
         self.num_priors = sum(len(x) * len(scales) for x in aspect_ratios)
         self.parent = [parent]  # a list, so the shared parent is not registered twice
         self.index = index
@@ -116,14 +119,13 @@ class PredictionModule(nn.Module):
             self.mask_layer = nn.Conv2d(out_channels, self.num_priors * self.mask_dim,
                                         **cfg.head_layer_params)
             self.bbox_extra, self.conf_extra, self.mask_extra = [
-                self._make_extra(out_channels, n) for n in cfg.extra_layers]
+                self._make_extra(out_channels, n, cfg.head_norm_groups) for n in cfg.extra_layers]
 
     @staticmethod
-    def _make_extra(channels: int, num_layers: int) -> nn.Module:
+    def _make_extra(channels: int, num_layers: int, norm_groups: int) -> nn.Module:
         if num_layers == 0:
             return nn.Identity()
-        return make_net(channels, [(channels, 3, {'padding': 1})] * num_layers,
-                        norm_groups=cfg.head_norm_groups)[0]
+        return make_net(channels, [(channels, 3, {'padding': 1})] * num_layers, norm_groups=norm_groups)[0]
 
     def priors(self, conv_h: int, conv_w: int, device: torch.device) -> torch.Tensor:
         """Anchors for a conv_h x conv_w feature map (Yolact caches them per input size)."""
@@ -161,9 +163,9 @@ class FPN(nn.Module):
     Returns the levels from the finest to the coarsest (P3 ... P7 for yolact_base).
     """
 
-    def __init__(self, in_channels: Sequence[int]):
+    def __init__(self, in_channels: Sequence[int], config: Config):
         super().__init__()
-        fpn = cfg.fpn
+        fpn = config.fpn
         self.lat_layers = nn.ModuleList([nn.Conv2d(c, fpn.num_features, kernel_size=1)
                                          for c in reversed(in_channels)])
         padding = 1 if fpn.pad else 0
@@ -211,9 +213,9 @@ class FPN(nn.Module):
 class FastMaskIoUNet(nn.Module):
     """YOLACT++ head that predicts, per class, the IoU of a predicted mask with its ground truth."""
 
-    def __init__(self):
+    def __init__(self, config: Config):
         super().__init__()
-        self.maskiou_net, _ = make_net(1, list(cfg.maskiou_net) + [(cfg.num_classes - 1, 1, {})],
+        self.maskiou_net, _ = make_net(1, list(config.maskiou_net) + [(config.num_classes - 1, 1, {})],
                                        include_last_relu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +224,8 @@ class FastMaskIoUNet(nn.Module):
 
 
 class Yolact(nn.Module):
-    """YOLACT / YOLACT++ as configured by the global `cfg` (set it with `set_cfg` first).
+    """YOLACT / YOLACT++ as configured by `config` (e.g. what `set_cfg` returns), kept as
+    `self.config`; `self.mask_dim` is the number of prototypes, from the protonet's last layer.
 
     In train mode `forward(x)` returns the raw outputs: loc (Tensor[B, P, 4]) box offsets,
     conf (Tensor[B, P, C]) class logits, mask (Tensor[B, P, K]) coefficients, priors
@@ -230,8 +233,9 @@ class Yolact(nn.Module):
     when the semantic segmentation loss is on. In eval mode it returns `Detect`'s detections.
     """
 
-    def __init__(self):
+    def __init__(self, config: Config):
         super().__init__()
+        cfg = self.config = config
         if cfg.mask_type != mask_type.lincomb:
             raise ConfigError("mask_type.direct is a research option of the original that this port "
                               "does not implement; use mask_type.lincomb")
@@ -249,18 +253,18 @@ class Yolact(nn.Module):
             proto_in = cfg.fpn.num_features
         else:
             proto_in = self.backbone.channels[self.proto_src]
-        self.proto_net, cfg.mask_dim = make_net(proto_in, cfg.mask_proto_net, include_last_relu=False,
-                                                norm_groups=cfg.head_norm_groups)
+        self.proto_net, self.mask_dim = make_net(proto_in, cfg.mask_proto_net, include_last_relu=False,
+                                                 norm_groups=cfg.head_norm_groups)
         if cfg.mask_proto_bias:
-            cfg.mask_dim += 1
+            self.mask_dim += 1
 
         src_channels = self.backbone.channels
         if cfg.use_maskiou:
-            self.maskiou_net = FastMaskIoUNet()
+            self.maskiou_net = FastMaskIoUNet(cfg)
 
         self.backbone_selected_layers = list(cfg.backbone.selected_layers)
         if cfg.fpn is not None:
-            self.fpn = FPN([src_channels[i] for i in self.selected_layers])
+            self.fpn = FPN([src_channels[i] for i in self.selected_layers], cfg)
             self.selected_layers = list(range(len(self.selected_layers) + cfg.fpn.num_downsample))
             src_channels = [cfg.fpn.num_features] * len(self.selected_layers)
 
@@ -270,7 +274,8 @@ class Yolact(nn.Module):
             self.prediction_layers.append(PredictionModule(
                 src_channels[layer_idx], src_channels[layer_idx],
                 aspect_ratios=cfg.backbone.pred_aspect_ratios[idx],
-                scales=cfg.backbone.pred_scales[idx], parent=parent, index=idx))
+                scales=cfg.backbone.pred_scales[idx], parent=parent, index=idx, config=cfg,
+                mask_dim=self.mask_dim))
 
         if cfg.use_class_existence_loss:
             self.class_existence_fc = nn.Linear(src_channels[-1], cfg.num_classes - 1)
@@ -284,7 +289,8 @@ class Yolact(nn.Module):
         self.use_sigmoid_focal_loss = cfg.use_sigmoid_focal_loss
         self.use_objectness_score = cfg.use_objectness_score
         self.detect = Detect(cfg.num_classes, bkg_label=0, top_k=cfg.nms_top_k,
-                             conf_thresh=cfg.nms_conf_thresh, nms_thresh=cfg.nms_thresh)
+                             conf_thresh=cfg.nms_conf_thresh, nms_thresh=cfg.nms_thresh,
+                             max_num_detections=cfg.max_num_detections, max_size=cfg.max_size)
         if self.bn_frozen:
             self.freeze_bn()
 
@@ -296,7 +302,7 @@ class Yolact(nn.Module):
 
     def load_weights(self, path: str) -> None:
         """Load a checkpoint of this config, applying the original's compatibility rules."""
-        state_dict = _compatible_keys(load_state_dict_file(path))
+        state_dict = _compatible_keys(load_state_dict_file(path), self.config)
         self._check_compatible(state_dict, path)
         self.load_state_dict(state_dict)
         if self._compile_args is not None:
@@ -308,7 +314,7 @@ class Yolact(nn.Module):
         tensor whose name and shape match is loaded, the others keep their fresh initialisation
         (call init_weights first). Returns (loaded names, re-initialised names). Raises
         CheckpointError when the backbone differs (nothing would transfer but noise)."""
-        state_dict = _compatible_keys(load_state_dict_file(path))
+        state_dict = _compatible_keys(load_state_dict_file(path), self.config)
         own = self.state_dict()
         fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
         backbone_keys = [k for k in own if k.startswith('backbone.')]
@@ -317,7 +323,7 @@ class Yolact(nn.Module):
             sorted(k for k in state_dict if k.startswith('backbone.') and k not in own)
         if differ:
             raise CheckpointError(
-                f"{path} has another backbone than config '{cfg.name}' ({cfg.backbone.name}): {len(differ)} "
+                f"{path} has another backbone than config '{self.config.name}' ({self.config.backbone.name}): {len(differ)} "
                 f"backbone tensors are missing, extra or of another shape (e.g. {differ[0]}); "
                 f"--finetune needs a checkpoint of the same backbone")
         self.load_state_dict(fits, strict=False)
@@ -335,7 +341,7 @@ class Yolact(nn.Module):
             if keys:
                 shown = ', '.join(keys[:3]) + (' ...' if len(keys) > 3 else '')
                 parts.append(f"{len(keys)} {label} ({shown})")
-        raise CheckpointError(f"{path} does not match config '{cfg.name}': " + '; '.join(parts)
+        raise CheckpointError(f"{path} does not match config '{self.config.name}': " + '; '.join(parts)
                               + ". Pick the config the checkpoint was trained with (--config).")
 
     def init_weights(self, backbone_path: Optional[str]) -> None:
@@ -350,12 +356,12 @@ class Yolact(nn.Module):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is None:
                 continue
-            if cfg.use_focal_loss and 'conf_layer' in name:
+            if self.config.use_focal_loss and 'conf_layer' in name:
                 # Start with background probability 1 - pi, as in the focal loss paper.
-                pi = cfg.focal_loss_init_pi
+                pi = self.config.focal_loss_init_pi
                 background_logit = math.log((1 - pi) / pi)
                 with torch.no_grad():
-                    if cfg.use_sigmoid_focal_loss:
+                    if self.config.use_sigmoid_focal_loss:
                         module.bias[0] = background_logit
                         module.bias[1:] = -background_logit
                     else:
@@ -484,31 +490,31 @@ class Yolact(nn.Module):
         return F.softmax(conf, dim=-1)
 
 
-def _compatible_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The original's compatibility rules for its checkpoints: keys this network never has go."""
+def _compatible_keys(state_dict: Dict[str, torch.Tensor], config: Config) -> Dict[str, torch.Tensor]:
+    """The original's compatibility rules for its checkpoints: keys a network of `config` never has go."""
     for key in list(state_dict):
         # Very old checkpoints carry a second copy of the backbone under 'backbone.layerN'.
         if key.startswith('backbone.layer') and not key.startswith('backbone.layers'):
             del state_dict[key]
         # Checkpoints with more extra FPN levels than this config uses.
-        elif key.startswith('fpn.downsample_layers.') and cfg.fpn is not None \
-                and int(key.split('.')[2]) >= cfg.fpn.num_downsample:
+        elif key.startswith('fpn.downsample_layers.') and config.fpn is not None \
+                and int(key.split('.')[2]) >= config.fpn.num_downsample:
             del state_dict[key]
     return state_dict
 
 
-def num_classes_in_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    """The class count (background included) a state_dict of the active config was trained
+def num_classes_in_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config) -> Optional[int]:
+    """The class count (background included) a state_dict of `config` was trained
     for, read from the first class layer's shape (anchors per cell x classes); None if absent."""
     weight = state_dict.get('prediction_layers.0.conf_layer.weight')
     if weight is None:
         return None
-    priors = sum(len(x) * len(cfg.backbone.pred_scales[0]) for x in cfg.backbone.pred_aspect_ratios[0])
+    priors = sum(len(x) * len(config.backbone.pred_scales[0]) for x in config.backbone.pred_aspect_ratios[0])
     return weight.shape[0] // priors if weight.shape[0] % priors == 0 else None
 
 
-def use_checkpoint_classes(path: str, say: Optional[Callable[[str], None]] = print) -> bool:
-    """Give the active config the classes of the checkpoint at `path`, before the network is built.
+def use_checkpoint_classes(path: str, config: Config, say: Optional[Callable[[str], None]] = print) -> bool:
+    """Give `config` (changed in place) the classes of the checkpoint at `path`, before the network is built.
 
     From the <stem>.classes.json beside it when there is one (train.py writes it). Without it (the
     original's checkpoints) the class count comes from the tensor shapes: the config's names when
@@ -518,32 +524,32 @@ def use_checkpoint_classes(path: str, say: Optional[Callable[[str], None]] = pri
     found = read_classes(path)
     if found is not None:
         names, label_map = found
-        cfg.dataset = cfg.dataset.copy({'class_names': names, 'label_map': label_map})
-        cfg.num_classes = len(names) + 1
+        config.dataset = config.dataset.copy({'class_names': names, 'label_map': label_map})
+        config.num_classes = len(names) + 1
         if say is not None:
             say(f'Classes from {os.path.basename(path)[:-4]}.classes.json: {describe_classes(names)}.')
         return True
-    count = num_classes_in_checkpoint(load_state_dict_file(path))
-    if count is None or count == cfg.num_classes:
+    count = num_classes_in_checkpoint(load_state_dict_file(path), config)
+    if count is None or count == config.num_classes:
         if say is not None:
-            say(f'No class list beside {os.path.basename(path)}: the config\'s {describe_classes(cfg.dataset.class_names)}.')
+            say(f'No class list beside {os.path.basename(path)}: the config\'s {describe_classes(config.dataset.class_names)}.')
         return False
     if say is not None:
         say(f'No class list beside {os.path.basename(path)}: its class layers hold {count - 1} classes, '
-            f'not the config\'s {cfg.num_classes - 1}; generic names class_1..class_{count - 1}.')
-    cfg.dataset = cfg.dataset.copy({'class_names': tuple(f'class_{i}' for i in range(1, count)), 'label_map': None})
-    cfg.num_classes = count
+            f'not the config\'s {config.num_classes - 1}; generic names class_1..class_{count - 1}.')
+    config.dataset = config.dataset.copy({'class_names': tuple(f'class_{i}' for i in range(1, count)), 'label_map': None})
+    config.num_classes = count
     return False
 
 
-def load_model(path: str, device: torch.device) -> torch.nn.Module:
-    """A Yolact of the active config (set it first) with the checkpoint's weights, in eval mode on
+def load_model(path: str, device: torch.device, config: Config) -> torch.nn.Module:
+    """A Yolact of `config` with the checkpoint's weights, in eval mode on
     `device`; prints a progress line for the command-line tools."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     print('Loading model...', end='', flush=True)
     try:
-        net = Yolact()
+        net = Yolact(config)
         net.load_weights(path)
     except BaseException:
         print()  # end the progress line before the error is reported

@@ -283,7 +283,7 @@ def build_net(config: str, size: int, device: torch.device, train: bool, freeze_
     set_cfg(config)
     cfg.max_size = size
     cfg.freeze_bn = train and freeze_bn
-    net = Yolact()
+    net = Yolact(cfg)
     fill_weights(net)
     net = net.to(device)
     net.train(train)
@@ -350,7 +350,7 @@ def run_train(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     if s.compile:
         net.compile_network(freeze=False)
     dtype = amp_dtype(device) if row.amp else None
-    model = NetLoss(net, build_criterion(), amp_dtype=dtype)
+    model = NetLoss(net, build_criterion(cfg), amp_dtype=dtype)
     # The config's optimizer with the original's defaults (momentum 0.9, decay 5e-4); a tiny lr
     # keeps the weights, and so the work per step, nearly fixed over the repeats.
     if cfg.optimizer == 'adamw':
@@ -381,7 +381,8 @@ def run_detect(s: Settings, device: torch.device) -> Dict:
     from layers.functions.detection import Detect
     set_cfg('yolact_base_config')
     detect = Detect(DETECT_CLASSES, bkg_label=0, top_k=cfg.nms_top_k, conf_thresh=cfg.nms_conf_thresh,
-                    nms_thresh=cfg.nms_thresh)
+                    nms_thresh=cfg.nms_thresh, max_num_detections=cfg.max_num_detections,
+                    max_size=cfg.max_size)
     detect.use_fast_nms = True
     preds = {k: v.to(device) for k, v in detect_inputs().items()}
     counts = []

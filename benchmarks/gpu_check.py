@@ -285,7 +285,8 @@ def compare_recorded_postprocess(dets: List[Dict], ref: Dict, prefix: str, tally
     """postprocess of the detections against the recorded classes, scores, pixel boxes and masks.
     Returns the number of mask pixels that differ."""
     w, h, b = ref[f'{prefix}/w'], ref[f'{prefix}/h'], ref[f'{prefix}/batch_idx']
-    classes, scores, boxes, masks = postprocess(dets, w, h, batch_idx=b, crop_masks=True, score_threshold=0)
+    classes, scores, boxes, masks = postprocess(dets, w, h, batch_idx=b, crop_masks=True, score_threshold=0,
+                                                config=cfg)
     tally.equal(classes, ref[f'{prefix}/classes'], f'{prefix}/classes')
     if f'{prefix}/scores_maskiou' in ref:
         tally.close(scores[0], ref[f'{prefix}/scores'], f'{prefix}/scores')
@@ -330,7 +331,8 @@ def run_detect(inputs: Dict[str, torch.Tensor], device: torch.device, fast: bool
     """A fresh Detect (cfg's settings unless given) on `inputs` moved to `device`."""
     detect = Detect(cfg.num_classes, bkg_label=0, top_k=detect_args.get('top_k', cfg.nms_top_k),
                     conf_thresh=detect_args.get('conf_thresh', cfg.nms_conf_thresh),
-                    nms_thresh=detect_args.get('nms_thresh', cfg.nms_thresh))
+                    nms_thresh=detect_args.get('nms_thresh', cfg.nms_thresh),
+                    max_num_detections=cfg.max_num_detections, max_size=cfg.max_size)
     detect.use_fast_nms, detect.use_cross_class_nms = fast, cross_class
     return detect({k: v.to(device) for k, v in inputs.items()}, net)
 
@@ -356,7 +358,7 @@ def parity_fixture(name: str, device: torch.device) -> List[Check]:
     x = make_input(batch, size, size)
     if 'meta/input_sum' in ref and abs(x.double().sum().item() - float(ref['meta/input_sum'])) > 1e-6:
         raise Mismatch(f"{short}: the rebuilt input differs from the recorded one (sum)")
-    net = Yolact()
+    net = Yolact(cfg)
     fill_weights(net)
     net.to(device)
     tally, flipped = Tally(PARITY_RTOL), 0
@@ -392,7 +394,7 @@ def parity_fixture(name: str, device: torch.device) -> List[Check]:
             if not torch.equal(torch.cat([m.sum((1, 2)) for m in masks]), ref['meta/target_mask_sums']):
                 raise Mismatch(f"{short}: the rebuilt target masks differ from the recorded ones")
             criterion = MultiBoxLoss(num_classes=cfg.num_classes, pos_threshold=cfg.positive_iou_threshold,
-                                     neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
+                                     neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio, config=cfg)
             got = criterion(net, dict(raw), [t.to(device) for t in targets], [m.to(device) for m in masks], crowds)
             if sorted(got) != losses:
                 raise Mismatch(f"{short}: loss terms {sorted(got)}, recorded {losses}")
@@ -557,7 +559,7 @@ class TrainData:
         self.batches = []
         for i in range(s.train_batches):
             samples = [train_set[(i * s.train_batch + j) % len(train_set)] for j in range(s.train_batch)]
-            self.batches.append(prepare_batch(detection_collate(samples), self.device))
+            self.batches.append(prepare_batch(detection_collate(samples), self.device, cfg.preserve_aspect_ratio))
         self.model = model
         self.config = cfg.copy()
 
@@ -578,7 +580,7 @@ def train_variant(v: TrainVariant, data: TrainData, device: torch.device, sizes:
     data.use(v.model)
     cfg.replace(data.config.copy())
     torch.manual_seed(0)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(backbone_path=None)  # from scratch: the device machine has no backbone files
     net.train()
     net.to(device)
@@ -591,7 +593,7 @@ def train_variant(v: TrainVariant, data: TrainData, device: torch.device, sizes:
     if v.compile:
         torch.compiler.reset()
         net.compile_network(freeze=False)
-    model = NetLoss(net, build_criterion(), amp_dtype)
+    model = NetLoss(net, build_criterion(cfg), amp_dtype)
     memory_reset(device)
 
     totals, times, skipped = [], [], 0
@@ -730,12 +732,12 @@ def section_infer(sec: Section, device: torch.device, sizes: Sizes, workdir: Pat
     net = None
     try:
         root = make_dataset(workdir / 'synthetic', sizes)
-        val = COCODetection(str(root / 'val'), str(root / 'instances_val.json'))
+        val = COCODetection(str(root / 'val'), str(root / 'instances_val.json'), config=cfg)
         images = [val.pull_image(i) for i in range(len(val))]
         set_cfg('yolact_base_config')
         if sizes.tiny:
             shrink_config(dcn=False, size=size)
-        net = Yolact()
+        net = Yolact(cfg)
         fill_weights(net)  # weights that detect something, so Detect and the masks have work
         net.eval()
         net.to(device)

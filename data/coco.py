@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torch.utils.data as data
 from pycocotools import mask as mask_utils
 
-from .config import Config, cfg, dataset_base
+from .config import Config, dataset_base
 
 __all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
            'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
@@ -57,14 +57,14 @@ class ImageLoadError(OSError):
     """An image listed in the annotation file is missing, unreadable or of the wrong size."""
 
 
-def get_label_map() -> Dict[int, int]:
-    """category_id -> class index + 1 for the active ``cfg.dataset``.
+def get_label_map(dataset: Config) -> Dict[int, int]:
+    """category_id -> class index + 1 for `dataset` (a dataset config, e.g. ``cfg.dataset``).
 
     Without an explicit ``label_map`` the ids are taken to be 1..N already.
     """
-    if cfg.dataset.label_map is None:
-        return {i + 1: i + 1 for i in range(len(cfg.dataset.class_names))}
-    return cfg.dataset.label_map
+    if dataset.label_map is None:
+        return {i + 1: i + 1 for i in range(len(dataset.class_names))}
+    return dataset.label_map
 
 
 class COCOAnnotationTransform:
@@ -73,8 +73,8 @@ class COCOAnnotationTransform:
     Crowd annotations get class index -1 (the loss treats them as neutral regions).
     """
 
-    def __init__(self, label_map: Optional[Dict[int, int]] = None):
-        self.label_map = get_label_map() if label_map is None else label_map
+    def __init__(self, label_map: Dict[int, int]):
+        self.label_map = label_map
 
     def __call__(self, target: Sequence[dict], width: int, height: int) -> List[List[float]]:
         scale = np.array([width, height, width, height], dtype=np.float64)
@@ -154,12 +154,14 @@ class COCODetection(data.Dataset):
             ``COCOAnnotationTransform`` with this dataset's label map.
         dataset_name: a name for messages.
         has_gt: False for image-only files (test-dev): every image is listed, targets are empty.
-        label_map, num_classes: override ``get_label_map()`` / ``cfg.num_classes`` (read once here).
+        config: the model config (e.g. what `set_cfg` returns); label_map and num_classes default to
+            ``get_label_map(config.dataset)`` and ``config.num_classes`` (read once here).
+        label_map, num_classes: given, they override the config's (then config may be None).
         resample_seed: seeds the choice of replacement for an unusable sample.
     """
 
     def __init__(self, image_path: str, info_file: str, transform=None, target_transform=None,
-                 dataset_name: str = 'MS COCO', has_gt: bool = True, *,
+                 dataset_name: str = 'MS COCO', has_gt: bool = True, *, config: Optional[Config] = None,
                  label_map: Optional[Dict[int, int]] = None, num_classes: Optional[int] = None,
                  resample_seed: int = 0):
         from pycocotools.coco import COCO  # local: several things here are called COCO
@@ -174,10 +176,12 @@ class COCODetection(data.Dataset):
         self.name = dataset_name
         self.has_gt = has_gt
         self.transform = transform
-        self.label_map = get_label_map() if label_map is None else dict(label_map)
-        self._label_map_source = (f"label map of cfg.dataset '{cfg.dataset.name}'" if label_map is None
+        if config is None and (label_map is None or num_classes is None):
+            raise ValueError("COCODetection needs config=... (or both label_map and num_classes)")
+        self.label_map = get_label_map(config.dataset) if label_map is None else dict(label_map)
+        self._label_map_source = (f"label map of cfg.dataset '{config.dataset.name}'" if label_map is None
                                   else 'label map given to COCODetection')
-        self.num_classes = cfg.num_classes if num_classes is None else num_classes
+        self.num_classes = config.num_classes if num_classes is None else num_classes
         self.target_transform = (COCOAnnotationTransform(self.label_map)
                                  if target_transform is None else target_transform)
         self.resample_seed = resample_seed
@@ -429,16 +433,17 @@ def detection_collate(batch: Sequence[Tuple[torch.Tensor, Tuple[np.ndarray, np.n
 Batch = Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor], List[int]]
 
 
-def prepare_batch(datum, device: torch.device) -> Batch:
+def prepare_batch(datum, device: torch.device, preserve_aspect_ratio: bool = False) -> Batch:
     """detection_collate output -> (images Tensor[B, 3, H, W], targets [Tensor[N_i, 5]],
-    masks [Tensor[N_i, H, W]], num_crowds [int]) on `device`: one training batch."""
+    masks [Tensor[N_i, H, W]], num_crowds [int]) on `device`: one training batch. Images of
+    different sizes are an error unless `preserve_aspect_ratio` (``cfg.preserve_aspect_ratio``)."""
     images, (targets, masks, num_crowds) = datum
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [t.to(device, non_blocking=True) for t in targets]
     masks = [m.to(device, non_blocking=True) for m in masks]
     num_crowds = list(num_crowds)
     if len({tuple(img.shape) for img in images}) > 1:
-        if not cfg.preserve_aspect_ratio:
+        if not preserve_aspect_ratio:
             raise ValueError(f"images of one batch differ in size: {[tuple(i.shape) for i in images]}")
         # As the original: fit every sample into the size of one randomly chosen sample.
         _, h, w = images[random.randint(0, len(images) - 1)].shape

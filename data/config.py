@@ -2,8 +2,9 @@
 
 The names (``cfg``, ``set_cfg``, ``set_dataset``, ``yolact_base_config`` ...) and every field name
 are the original repository's, so user scripts and published checkpoints keep working.
-``cfg`` is one global object that ``set_cfg`` overwrites in place; library modules read what they
-need from it when they are built.
+``cfg`` is one global object that ``set_cfg`` overwrites in place and returns; the scripts pass it
+(or a copy) down, and library modules (Yolact, the loss, the datasets, the transforms) take the config
+as an argument and never read the global.
 
 Unlike the original, a config is never created by ``eval``: ``set_cfg``/``set_dataset`` look names
 up in a registry, and a config that sets an option this port does not know fails loudly.
@@ -465,7 +466,8 @@ coco_base_config = Config({
     # Anchors overlapping a crowd box by more than this are not negatives.
     'crowd_iou_threshold': 1,
 
-    # Number of prototypes; set by Yolact from the protonet's last layer.
+    # Number of prototypes: kept for the original's configs; Yolact computes its own (net.mask_dim)
+    # from the protonet's last layer and never writes it here.
     'mask_dim': None,
 
     # Input size (images are resized to max_size x max_size).
@@ -629,12 +631,14 @@ def _lookup(name: str, kind: str) -> Config:
     raise ConfigError(f"unknown {kind.strip('_')} '{name}'; valid names: {', '.join(sorted(known))}")
 
 
-def set_cfg(config_name: str) -> None:
-    """Make `config_name` (e.g. 'yolact_base_config' or 'yolact_base') the active config, in place."""
+def set_cfg(config_name: str) -> Config:
+    """Make `config_name` (e.g. 'yolact_base_config' or 'yolact_base') the active config, in place;
+    returns it (the global ``cfg``), to pass to Yolact, MultiBoxLoss, the datasets, ..."""
     new = _lookup(config_name, '_config')
     cfg.replace(new.copy())
     if cfg.name is None:
         cfg.name = config_name.split('_config')[0]
+    return cfg
 
 
 def set_dataset(dataset_name: str) -> None:

@@ -2,7 +2,7 @@
 
 Also `undo_image_transformation`, which maps a network input tensor back to a displayable image.
 """
-from typing import Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data.config import MEANS, STD, cfg, mask_type
+from data.config import MEANS, STD, Config, mask_type
 from layers.box_utils import crop, sanitize_coordinates
 
 # F.interpolate only accepts align_corners for these modes.
@@ -125,8 +125,8 @@ def _upsample_windows(masks: Tensor, h: int, w: int, taps: Tuple[Taps, Taps],
 
 
 def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
-                interpolation_mode: str = 'bilinear', crop_masks: bool = True, score_threshold: float = 0
-                ) -> Tuple[Tensor, Union[Tensor, List[Tensor]], Tensor, Tensor]:
+                interpolation_mode: str = 'bilinear', crop_masks: bool = True, score_threshold: float = 0,
+                config: Optional[Config] = None) -> Tuple[Tensor, Union[Tensor, List[Tensor]], Tensor, Tensor]:
     """Detections of one image in pixel coordinates with full-size masks.
 
     Args:
@@ -136,6 +136,8 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         interpolation_mode: F.interpolate mode used to upsample masks from prototype resolution.
         crop_masks: zero each mask outside its box (at prototype resolution, before upsampling).
         score_threshold: drop detections scoring at or below this before any mask work.
+        config: the settings below (``cfg.*``); by default the config of the network that made the
+            detections (``det_output[batch_idx]['net'].config``).
     Returns:
         classes (Tensor[D] int64), foreground class indices;
         scores (Tensor[D]); with YOLACT++ (``cfg.use_maskiou``) and ``cfg.rescore_mask``, the box
@@ -159,6 +161,10 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         if scores.shape[0] == 0:
             return _empty_result(h, w, scores.device)
 
+    cfg = config if config is not None else getattr(net, 'config', None)
+    if cfg is None:
+        raise ValueError("postprocess needs a config: pass config=..., or detections of a network "
+                         "that has one (Yolact.config)")
     masks = coeffs
     if cfg.eval_mask_branch:
         if cfg.mask_type != mask_type.lincomb:
@@ -183,16 +189,15 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
     return classes, scores, pixel_boxes, masks
 
 
-def undo_image_transformation(img: Tensor, w: int, h: int) -> np.ndarray:
+def undo_image_transformation(img: Tensor, w: int, h: int, transform: Any) -> np.ndarray:
     """Network input back to a displayable image.
 
     Args:
-        img (Tensor[3, H, W]): RGB image as transformed for ``cfg.backbone.transform``.
+        img (Tensor[3, H, W]): RGB image as transformed for `transform` (``cfg.backbone.transform``).
         w, h: output size in pixels.
     Returns:
         np.ndarray[h, w, 3] float32 RGB in [0, 1].
     """
-    transform = cfg.backbone.transform
     pixels = img.detach().permute(1, 2, 0).cpu().numpy().astype(np.float32)
     # MEANS and STD are listed in BGR order; the tensor is RGB.
     means = np.array(MEANS[::-1], dtype=np.float32)

@@ -45,9 +45,9 @@ def register(monkeypatch, config: Config, attr: Optional[str] = None) -> str:
 def save_tiny_checkpoint(path: str, config_attr: str) -> None:
     """A randomly initialised network of a registered config, saved like train.py does."""
     from yolact import Yolact
-    set_cfg(config_attr)
+    config = set_cfg(config_attr)
     torch.manual_seed(0)
-    net = Yolact()
+    net = Yolact(config)
     net.init_weights(None)
     net.save_weights(path)
 

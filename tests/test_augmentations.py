@@ -86,7 +86,7 @@ def test_ssd_augmentation_properties(base_cfg, variant):
     if variant == 'preserve_aspect_ratio':
         cfg.preserve_aspect_ratio = True
     size = cfg.max_size
-    augment = SSDAugmentation()
+    augment = SSDAugmentation(cfg)
 
     dropped_objects = checked_masks = 0
     for seed in range(200):
@@ -139,7 +139,7 @@ def test_ssd_augmentation_properties(base_cfg, variant):
 
 
 def test_ssd_augmentation_is_deterministic_given_numpy_seed(base_cfg):
-    augment = SSDAugmentation()
+    augment = SSDAugmentation(cfg)
 
     def run(seed):
         sample = make_sample(3)
@@ -161,7 +161,7 @@ def test_ssd_augmentation_matches_original():
     try:
         set_cfg('yolact_base_config')
         cfg.max_size = int(ref['ssd_max_size'])
-        augment = SSDAugmentation()
+        augment = SSDAugmentation(cfg)
         for seed in ref['ssd_seeds']:
             np.random.seed(seed)
             img, masks, boxes, labels = augment(*make_sample(int(seed)))
@@ -178,9 +178,9 @@ def test_ssd_augmentation_matches_original():
 def test_ssd_augmentation_rejects_inconsistent_inputs(base_cfg):
     img, masks, boxes, labels = make_sample(0)
     with pytest.raises(ValueError, match='masks'):
-        SSDAugmentation()(img, masks[:, :-1], boxes, labels)
+        SSDAugmentation(cfg)(img, masks[:, :-1], boxes, labels)
     with pytest.raises(ValueError, match='labels'):
-        SSDAugmentation()(img, masks, boxes, {'num_crowds': 0, 'labels': labels['labels'][:-1]})
+        SSDAugmentation(cfg)(img, masks, boxes, {'num_crowds': 0, 'labels': labels['labels'][:-1]})
 
 
 # ----------------------- individual transforms ----------------------- #
@@ -304,14 +304,14 @@ def test_resize_preserve_aspect_ratio_by_hand():
 
 def test_resize_square_without_gt_and_many_masks():
     img = np.zeros((30, 50, 3), np.float32)
-    out_img, masks, boxes, labels = Resize(resize_gt=False, max_size=20, preserve_aspect_ratio=False)(img)
+    out_img, masks, boxes, labels = Resize(resize_gt=False, max_size=20, preserve_aspect_ratio=False, config=cfg)(img)
     assert out_img.shape == (20, 20, 3) and masks is None and boxes is None and labels is None
 
     # more masks than OpenCV resizes in one call
     rs = np.random.RandomState(0)
     masks = (rs.rand(300, 12, 10) > 0.5).astype(np.uint8)
     boxes = np.tile([[0.0, 0.0, 10.0, 12.0]], (300, 1))
-    _, out_masks, _, _ = Resize(max_size=6, preserve_aspect_ratio=False)(
+    _, out_masks, _, _ = Resize(max_size=6, preserve_aspect_ratio=False, config=cfg)(
         np.zeros((12, 10, 3), np.float32), masks, boxes, {'num_crowds': 0, 'labels': np.zeros(300)})
     assert out_masks.shape == (300, 6, 6)
     for i in (0, 127, 128, 299):
@@ -368,11 +368,11 @@ def test_eval_transforms_hand_computed(base_cfg, name):
     cfg.backbone = cfg.backbone.copy({'transform': BACKBONE_TRANSFORMS[name]})
     img = np.tile(np.array(pixel, np.float32), (2, 2, 1))
 
-    fast = FastBaseTransform()(torch.from_numpy(img)[None])
+    fast = FastBaseTransform(cfg)(torch.from_numpy(img)[None])
     assert fast.shape == (1, 3, 2, 2) and fast.dtype == torch.float32
     np.testing.assert_allclose(fast[0, :, 1, 0].numpy(), expected, atol=1e-5)
 
-    base = BaseTransform()(img)[0]
+    base = BaseTransform(cfg)(img)[0]
     assert base.shape == (2, 2, 3) and base.dtype == np.float32
     np.testing.assert_allclose(base[1, 0], expected, atol=1e-5)
 
@@ -386,9 +386,9 @@ def test_fast_base_transform_equals_base_transform(base_cfg, name, preserve):
     rs = np.random.RandomState(1)
     images = rs.randint(0, 256, size=(2, 30, 70, 3)).astype(np.uint8)
 
-    fast = FastBaseTransform()(torch.from_numpy(images)).numpy()
+    fast = FastBaseTransform(cfg)(torch.from_numpy(images)).numpy()
     for img, out in zip(images, fast):
-        base = BaseTransform()(img)[0].transpose(2, 0, 1)
+        base = BaseTransform(cfg)(img)[0].transpose(2, 0, 1)
         assert out.shape == base.shape
         assert out.shape[1:] == ((31, 73) if preserve else (48, 48))  # 48 * sqrt(70/30) = 73.3
         # OpenCV's and torch's bilinear kernels round differently: allow 2e-3 of a 0..255 pixel
@@ -397,15 +397,15 @@ def test_fast_base_transform_equals_base_transform(base_cfg, name, preserve):
 
 def test_fast_base_transform_takes_dtype_and_device_from_input(base_cfg):
     img = torch.full((1, 5, 5, 3), 100, dtype=torch.uint8)
-    assert FastBaseTransform()(img).dtype == torch.float32
-    out64 = FastBaseTransform()(img.double())
+    assert FastBaseTransform(cfg)(img).dtype == torch.float32
+    out64 = FastBaseTransform(cfg)(img.double())
     assert out64.dtype == torch.float64 and out64.device == img.device
     expected = (100 - MEANS[2]) / STD[2]  # channel 0 is R
     np.testing.assert_allclose(out64[0, 0].numpy(), expected, rtol=1e-12)
     with pytest.raises(ValueError, match='N, H, W, 3'):
-        FastBaseTransform()(img[0])
+        FastBaseTransform(cfg)(img[0])
     # mean/std are made on the input's device: a meta tensor would not mix with CPU constants
-    meta = FastBaseTransform()(torch.empty((1, 5, 7, 3), device='meta'))
+    meta = FastBaseTransform(cfg)(torch.empty((1, 5, 7, 3), device='meta'))
     assert meta.device.type == 'meta' and meta.shape == (1, 3, 64, 64)
 
 
@@ -421,9 +421,9 @@ def test_eval_transforms_match_original(base_cfg, name, preserve):
     labels = {'num_crowds': 1, 'labels': ref['labels_in'].copy()}
     masks = ref['masks_in']
 
-    base, out_masks, out_boxes, out_labels = BaseTransform()(img, masks, ref['boxes_in'].copy(), labels)
+    base, out_masks, out_boxes, out_labels = BaseTransform(cfg)(img, masks, ref['boxes_in'].copy(), labels)
     np.testing.assert_allclose(base, ref[f'base_{key}'], rtol=1e-6, atol=1e-5)
-    fast = FastBaseTransform()(torch.from_numpy(img).float()[None]).numpy()
+    fast = FastBaseTransform(cfg)(torch.from_numpy(img).float()[None]).numpy()
     np.testing.assert_allclose(fast, ref[f'fast_{key}'], rtol=1e-6, atol=1e-5)
     if key == 'resnet_sq':  # the thin second box is dropped, boxes stay relative, masks unresized
         np.testing.assert_array_equal(out_boxes, ref['base_boxes'])

@@ -159,8 +159,8 @@ def test_category_id_outside_label_map_fails_up_front(tmp_path):
 def test_label_map_from_cfg(synthetic_paths, monkeypatch):
     monkeypatch.setattr(cfg, 'dataset', synthetic_dataset)
     monkeypatch.setattr(cfg, 'num_classes', 7)
-    assert get_label_map() == IDENTITY6  # label_map None: ids 1..N
-    ds = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info)
+    assert get_label_map(cfg.dataset) == IDENTITY6  # label_map None: ids 1..N
+    ds = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info, config=cfg)
     assert len(ds) == 4
     labels = np.concatenate([ds.pull_item(i)[1][:, 4] for i in range(len(ds))])
     cats = [a['category_id'] for i in range(len(ds)) for a in ds.pull_anno(i) if not a['iscrowd']]
@@ -171,7 +171,7 @@ def test_label_map_from_cfg(synthetic_paths, monkeypatch):
     # too few classes in the config
     monkeypatch.setattr(cfg, 'num_classes', 4)
     with pytest.raises(DatasetFormatError, match='num_classes=4'):
-        COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info)
+        COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info, config=cfg)
 
 
 def test_synthetic_samples_are_consistent(synthetic_paths):

@@ -192,7 +192,7 @@ def assert_complete_layout(root: Path) -> None:
     assert sorted(p.name for p in (root / '.coco').iterdir()) == sorted(
         Path(p).name + '.done' for p in ARCHIVES)  # no .part, zip or temporary folder left
     paths = coco_dataset_paths(str(root))
-    dataset = COCODetection(paths.valid_images, paths.valid_info)
+    dataset = COCODetection(paths.valid_images, paths.valid_info, config=config_module.cfg)
     assert len(dataset) == len(VAL_IDS) and dataset.pull_image(0).shape == (32, 48, 3)
 
 

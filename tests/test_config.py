@@ -108,7 +108,7 @@ def test_demo_config_gives_every_synthetic_object_several_positive_anchors():
 
     set_cfg('yolact_resnet18_synthetic_config')
     size = cfg.max_size
-    net = Yolact().train()
+    net = Yolact(cfg).train()
     levels = [(-(-size // s), -(-size // s)) for s in (8, 16, 32, 64, 128)]  # P3..P7 grid sizes
     priors = point_form(net.priors(levels, torch.device('cpu')))
     boxes = []

@@ -12,7 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 import eval as eval_script
 from data.coco import COCODetection
-from data.config import ConfigError, set_cfg
+from data.config import ConfigError, cfg, set_cfg
 from tests.eval_helpers import (
     ScriptedNet,
     detection_from_masks,
@@ -241,7 +241,7 @@ def test_missing_faster_backend_says_how_to_install_it(monkeypatch, coco_gt):
 
 def _dataset(synthetic_root):
     return COCODetection(str(synthetic_root / 'val'), str(synthetic_root / 'instances_val.json'),
-                         transform=BaseTransform())
+                         transform=BaseTransform(cfg), config=cfg)
 
 
 def _scripted_gt_net(dataset, perturb=None):

@@ -60,7 +60,7 @@ def activate(config) -> None:
 def random_yolact(conf_scale: float = 10.0, proto_scale: float = 40.0, seed: int = 0) -> Yolact:
     """A Yolact of the active config with random weights that give detections and crisp masks."""
     torch.manual_seed(seed)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(None)
     with torch.no_grad():
         net.prediction_layers[0].conf_layer.weight.mul_(conf_scale)
@@ -142,7 +142,7 @@ def test_preprocess_matches_fast_base_transform(config_name, image_hw):
     set_cfg(config_name)
     cfg.max_size = 160
     image = np.random.default_rng(0).integers(0, 256, size=(*image_hw, 3), dtype=np.uint8)
-    expected = FastBaseTransform()(torch.from_numpy(image)[None]).numpy()
+    expected = FastBaseTransform(cfg)(torch.from_numpy(image)[None]).numpy()
     got = onnx_pp.preprocess(image, export.export_metadata(160))
     assert got.shape == (1, 3, 160, 160) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

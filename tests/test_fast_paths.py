@@ -42,7 +42,7 @@ def small_net(train: bool = False, blocks_per_stage: int = 2) -> Yolact:
     cfg.backbone = cfg.backbone.copy({'pred_scales': [[16], [32], [64], [128], [256]],
                                       'args': ([blocks_per_stage] * len(layers), *rest)})
     torch.manual_seed(0)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(backbone_path=None)
     # Non-trivial batch-norm statistics, so folding/reordering BN would show.
     gen = torch.Generator().manual_seed(1)
@@ -187,7 +187,7 @@ def test_channels_last_training_step_gives_the_plain_losses_and_gradients():
     from benchmarks.parity_fill import make_targets
     from train import NetLoss, build_criterion
     net = small_net(train=True)
-    model = NetLoss(net, build_criterion())
+    model = NetLoss(net, build_criterion(cfg))
     x = image(2)
     targets, masks, num_crowds = make_targets(SIZE, SIZE)
     for t in targets:
@@ -376,7 +376,7 @@ def test_batchnorm_in_training_mode_is_not_folded(monkeypatch):
     set_cfg('yolact_resnet18_synthetic_config')
     cfg.max_size = SIZE
     cfg.freeze_bn = False
-    net = Yolact().train()
+    net = Yolact(cfg).train()
     bn = net.backbone.bn1
     before = bn.running_mean.clone()
     net(image(2))

@@ -399,7 +399,7 @@ def test_cli_benchmark_prints_finite_fps(tiny_checkpoint, synthetic_root, capsys
 
 def test_amp_inference_gives_float32_results(tiny_checkpoint):
     from yolact import Yolact
-    net = Yolact()
+    net = Yolact(cfg)
     net.load_weights(str(tiny_checkpoint))
     net.eval().to(DEVICE)
     net.detect.use_fast_nms = True

@@ -16,7 +16,7 @@ import torch
 
 import eval as eval_script
 import export
-from data.config import SYNTHETIC_CLASSES, set_cfg, synthetic_dataset
+from data.config import SYNTHETIC_CLASSES, cfg, set_cfg, synthetic_dataset
 from tests.eval_helpers import register, save_tiny_checkpoint, tiny_config
 from utils.checkpoint import write_classes
 from utils.coco_results import parse_map_table
@@ -146,7 +146,7 @@ def test_runtime_model_runs_any_batch_like_the_network(exported):
     session, meta = open_exported(exported.fp32)
     use_exported_config(meta)
     runtime = RuntimeYolact(session, meta)
-    net = Yolact()
+    net = Yolact(cfg)
     net.load_weights(exported.ckpt)
     net.eval()
     for detect in (runtime.detect, net.detect):

@@ -43,7 +43,7 @@ def build_loss(options):
     for key, val in opts.items():
         setattr(cfg, key, getattr(activation_func, val) if key == 'mask_proto_mask_activation' else val)
     return MultiBoxLoss(NUM_CLASSES, opts['positive_iou_threshold'], opts['negative_iou_threshold'],
-                        opts['ohem_negpos_ratio'])
+                        opts['ohem_negpos_ratio'], config=cfg)
 
 
 def fresh_predictions(ref, dtype=torch.float32):
@@ -208,11 +208,11 @@ def test_rejects_unsupported_config():
     set_cfg('yolact_base_config')
     cfg.mask_type = mask_type.direct
     with pytest.raises(ValueError, match='lincomb'):
-        MultiBoxLoss(NUM_CLASSES, 0.5, 0.4, 3)
+        MultiBoxLoss(NUM_CLASSES, 0.5, 0.4, 3, config=cfg)
     cfg.mask_type = mask_type.lincomb
     cfg.mask_proto_loss = 'l2'
     with pytest.raises(ValueError, match='mask_proto_loss'):
-        MultiBoxLoss(NUM_CLASSES, 0.5, 0.4, 3)
+        MultiBoxLoss(NUM_CLASSES, 0.5, 0.4, 3, config=cfg)
 
 
 def test_rejects_mismatched_batch(ref, net):

@@ -1,4 +1,5 @@
 import copy
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,10 +8,13 @@ import pytest
 import torch
 
 from data.config import MEANS, STD, activation_func, cfg, mask_type
+from layers import output_utils
 from layers.functions import Detect
-from layers.output_utils import postprocess, undo_image_transformation
+from layers.output_utils import undo_image_transformation
 
 REFERENCE = Path(__file__).parent / 'data' / 'detect_reference.pt'
+# The detections here come from no network: postprocess gets the (monkeypatched) global config.
+postprocess = partial(output_utils.postprocess, config=cfg)
 
 
 @pytest.fixture(autouse=True)
@@ -179,7 +183,7 @@ def test_undo_normalize(monkeypatch):
     monkeypatch.setattr(cfg, 'backbone', SimpleNamespace(transform=SimpleNamespace(normalize=True, subtract_means=False)))
     img = torch.zeros(3, 4, 6)
     img[0] = 1.0  # red channel one std above the mean
-    out = undo_image_transformation(img, 3, 2)
+    out = undo_image_transformation(img, 3, 2, cfg.backbone.transform)
     assert out.shape == (2, 3, 3) and out.dtype == np.float32
     # MEANS / STD are BGR; the image is RGB.
     expected = np.array([(MEANS[2] + STD[2]) / 255, MEANS[1] / 255, MEANS[0] / 255], dtype=np.float32)
@@ -190,7 +194,7 @@ def test_undo_subtract_means_and_clip(monkeypatch):
     monkeypatch.setattr(cfg, 'backbone', SimpleNamespace(transform=SimpleNamespace(normalize=False, subtract_means=True)))
     img = torch.zeros(3, 2, 2)
     img[2] = 500.0  # blue far out of range: clipped to 1
-    out = undo_image_transformation(img, 2, 2)
+    out = undo_image_transformation(img, 2, 2, cfg.backbone.transform)
     assert np.allclose(out[..., 0], MEANS[2] / 255) and np.allclose(out[..., 1], MEANS[1] / 255)
     assert np.allclose(out[..., 2], 1.0)
 
@@ -234,5 +238,5 @@ def test_matches_original_postprocess(reference, monkeypatch, run_idx):
 def test_matches_original_undo(reference, monkeypatch):
     monkeypatch.setattr(cfg, 'backbone', SimpleNamespace(transform=SimpleNamespace(normalize=True, subtract_means=False)))
     undo = reference['undo']
-    out = undo_image_transformation(undo['img'], undo['w'], undo['h'])
+    out = undo_image_transformation(undo['img'], undo['w'], undo['h'], cfg.backbone.transform)
     assert np.allclose(out, undo['out'].numpy(), atol=1e-4)

@@ -175,7 +175,7 @@ def test_train_and_val_categories_that_disagree_are_one_line(tiny, labelme_root,
 def _save_random_model(path, config) -> dict:
     from yolact import Yolact
     set_cfg(config)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(backbone_path=None)
     for tensor in net.state_dict().values():  # values a fresh init would not give
         if tensor.is_floating_point():
@@ -217,7 +217,7 @@ def test_finetune_of_yolact_base_keeps_all_but_the_class_layers(tmp_path):
         source = _save_random_model(tmp_path / 'yolact_base_54_800000.pth', 'yolact_base_config')
         set_cfg('yolact_base_config')
         cfg.num_classes = 4
-        net = Yolact()
+        net = Yolact(cfg)
         net.init_weights(backbone_path=None)
         loaded, fresh = net.load_finetune_weights(str(tmp_path / 'yolact_base_54_800000.pth'))
     finally:
@@ -248,7 +248,7 @@ def test_finetune_with_resume_auto_continues_its_own_run(tiny, tmp_path, capsys)
     import train
     from yolact import Yolact
     set_cfg(TINY_CONFIG)
-    Yolact().save_weights(str(tmp_path / 'source.pth'))
+    Yolact(cfg).save_weights(str(tmp_path / 'source.pth'))
     argv = ['--finetune', str(tmp_path / 'source.pth'), '--resume', 'auto']
     assert train.main(tiny_args(tmp_path, *argv, '--max_iter', '2')) == 0
     assert 'Fine-tuning from' in capsys.readouterr().out

@@ -62,7 +62,7 @@ def configure(ref: Dict, freeze_bn: bool = True) -> None:
 
 def build_port(ref: Dict, freeze_bn: bool = True) -> Yolact:
     configure(ref, freeze_bn)
-    net = Yolact()
+    net = Yolact(cfg)
     shapes = {k: (list(v.shape), v.dtype) for k, v in net.state_dict().items()}
     net.load_state_dict(fill_state_dict(shapes))
     return net
@@ -140,7 +140,8 @@ def compare_detections(out: List[Dict], ref: Dict, prefix: str, images: int) -> 
 
 def compare_postprocess(dets: List[Dict], ref: Dict, prefix: str) -> None:
     w, h, b = ref[f'{prefix}/w'], ref[f'{prefix}/h'], ref[f'{prefix}/batch_idx']
-    classes, scores, boxes, masks = postprocess(dets, w, h, batch_idx=b, crop_masks=True, score_threshold=0)
+    classes, scores, boxes, masks = postprocess(dets, w, h, batch_idx=b, crop_masks=True, score_threshold=0,
+                                                config=cfg)
     assert torch.equal(classes.long(), ref[f'{prefix}/classes'].long()), f"{prefix}: classes differ"
     if f'{prefix}/scores_maskiou' in ref:
         assert isinstance(scores, (list, tuple)) and len(scores) == 2, \
@@ -256,7 +257,7 @@ def test_multibox_loss_on_recorded_outputs():
     configure(ref)
     preds = {k.split('/', 1)[1]: v.clone() for k, v in ref.items() if k.startswith('train/')}
     criterion = MultiBoxLoss(num_classes=cfg.num_classes, pos_threshold=cfg.positive_iou_threshold,
-                             neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
+                             neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio, config=cfg)
     targets, masks, num_crowds = _loss_inputs(ref)
     losses = criterion(None, preds, targets, masks, num_crowds)
     expected = {k.split('/', 1)[1] for k in ref if k.startswith('loss/')}
@@ -271,7 +272,7 @@ def test_multibox_loss_on_port_outputs(runs, name):
     run = runs(name)
     configure(run.ref)
     criterion = MultiBoxLoss(num_classes=cfg.num_classes, pos_threshold=cfg.positive_iou_threshold,
-                             neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
+                             neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio, config=cfg)
     targets, masks, num_crowds = _loss_inputs(run.ref)
     with torch.no_grad():
         losses = criterion(run.net, dict(run.raw), targets, masks, num_crowds)
@@ -289,7 +290,8 @@ def standalone():
 def _standalone_detect(ref: Dict, fast: bool, cross_class: bool) -> List[Dict]:
     set_cfg(ref['meta/config'])
     detect = Detect(cfg.num_classes, bkg_label=0, top_k=ref['meta/top_k'],
-                    conf_thresh=ref['meta/conf_thresh'], nms_thresh=ref['meta/nms_thresh'])
+                    conf_thresh=ref['meta/conf_thresh'], nms_thresh=ref['meta/nms_thresh'],
+                    max_num_detections=cfg.max_num_detections, max_size=cfg.max_size)
     detect.use_fast_nms = fast
     detect.use_cross_class_nms = cross_class
     inputs = {k.split('/', 1)[1]: v.clone() for k, v in ref.items() if k.startswith('input/')}

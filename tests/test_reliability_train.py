@@ -274,7 +274,7 @@ def test_nonfinite_losses_are_skipped_logged_and_counted(tiny, tmp_path, capsys,
     import train
     from utils.logger import read_entries
     real = train.build_criterion
-    monkeypatch.setattr(train, 'build_criterion', lambda: _NaNOn(real(), {1, 2}))
+    monkeypatch.setattr(train, 'build_criterion', lambda config: _NaNOn(real(config), {1, 2}))
     rc, out, err = run_main(tiny_args(tmp_path, '--max_iter', '5', '--max_nonfinite', '3'), capsys)
     assert rc == 0, err
     assert out.count('update skipped') == 2
@@ -288,7 +288,7 @@ def test_nonfinite_losses_are_skipped_logged_and_counted(tiny, tmp_path, capsys,
 def test_too_many_nonfinite_losses_in_a_row_stop_training(tiny, tmp_path, capsys, monkeypatch):
     import train
     real = train.build_criterion
-    monkeypatch.setattr(train, 'build_criterion', lambda: _NaNOn(real(), {'all'}))
+    monkeypatch.setattr(train, 'build_criterion', lambda config: _NaNOn(real(config), {'all'}))
     rc, out, err = run_main(tiny_args(tmp_path, '--max_iter', '20', '--max_nonfinite', '3'), capsys)
     assert_one_line_error(rc, err, '3 non-finite losses in a row', 'Lower --lr')
     assert out.count('update skipped') == 3

@@ -88,7 +88,7 @@ def test_draw_predictions_keeps_train_mode_and_the_rng_states(tiny):  # noqa: F8
     from yolact import Yolact
     set_cfg('tiny_train_config')
     torch.manual_seed(0)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(backbone_path=None)
     net.train()
     before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())

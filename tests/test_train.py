@@ -243,13 +243,14 @@ def _tiny_model_and_batch(seed: int = 0, images=(0, 1)):
     from utils.augmentations import BaseTransform
     from yolact import Yolact
     cfg.freeze_bn = True
-    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(MEANS, STD))
-    batch = train.prepare_batch(detection_collate([ds[i] for i in images]), torch.device('cpu'))
+    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(cfg, MEANS, STD), config=cfg)
+    batch = train.prepare_batch(detection_collate([ds[i] for i in images]), torch.device('cpu'),
+                                cfg.preserve_aspect_ratio)
     torch.manual_seed(seed)
-    net = Yolact()
+    net = Yolact(cfg)
     net.init_weights(None)
     net.train()
-    return net, train.NetLoss(net, train.build_criterion()), batch
+    return net, train.NetLoss(net, train.build_criterion(cfg)), batch
 
 
 def test_overfitting_one_batch_reduces_the_loss_five_fold(tiny):
@@ -426,7 +427,7 @@ def test_overfit_batch_is_found_again_by_eval(tiny):
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(OVERFIT_EVAL_STEPS):
         train.train_step(model, optimizer, batch)
-    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform())
+    ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(cfg), config=cfg)
     ds.ids = ds.ids[:2]  # the two training images
     result = eval_script.evaluate(net, ds, train_mode=True, opts=eval_script.EvalArgs(),
                                   no_bar=True, max_images=2, fast_nms=True)

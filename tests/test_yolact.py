@@ -15,7 +15,7 @@ HERE = os.path.dirname(__file__)
 
 
 def reference_keys(config_name):
-    """name -> (shape, dtype) as the original's Yolact().state_dict() has them."""
+    """name -> (shape, dtype) as the original's Yolact(cfg).state_dict() has them."""
     ref = {}
     with open(os.path.join(HERE, 'data', 'checkpoint_keys', f'{config_name}.txt')) as f:
         for line in f:
@@ -29,7 +29,7 @@ def reference_keys(config_name):
 @pytest.mark.parametrize('config_name', ORIGINAL_CONFIGS)
 def test_state_dict_matches_the_original(config_name):
     set_cfg(config_name)
-    net = yolact.Yolact()
+    net = yolact.Yolact(cfg)
     mine = {k: (list(v.shape), str(v.dtype).replace('torch.', '')) for k, v in net.state_dict().items()}
     ref = reference_keys(config_name)
     assert sorted(mine) == sorted(ref)
@@ -56,7 +56,7 @@ def test_priors_hand_computed():
 def small_resnet50(max_size=128):
     set_cfg('yolact_resnet50_config')
     cfg.max_size = max_size
-    return yolact.Yolact()
+    return yolact.Yolact(cfg)
 
 
 def test_train_mode_outputs_and_cached_priors():
@@ -109,7 +109,7 @@ def test_loading_another_configs_checkpoint_names_the_keys(tmp_path):
     path = str(tmp_path / 'r50.pth')
     net.save_weights(path)
     set_cfg('yolact_darknet53_config')
-    dark = yolact.Yolact()
+    dark = yolact.Yolact(cfg)
     with pytest.raises(CheckpointError) as err:
         dark.load_weights(path)
     msg = str(err.value)
@@ -146,12 +146,12 @@ def test_head_norm_groups_normalises_the_heads_and_protonet():
     the last protonet conv (its output are the prototypes); the outputs keep their shapes."""
     set_cfg('yolact_resnet18_synthetic_config')
     cfg.head_norm_groups = 0
-    plain = yolact.Yolact()
+    plain = yolact.Yolact(cfg)
     x = torch.randn(2, 3, 96, 96)
     plain_out = plain.train()(x)
     assert not [m for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)]
     cfg.head_norm_groups = 4
-    net = yolact.Yolact()
+    net = yolact.Yolact(cfg)
     norms = lambda m: [n for n in m.modules() if isinstance(n, torch.nn.GroupNorm)]
     convs = lambda m: [n for n in m.modules() if isinstance(n, torch.nn.Conv2d)]
     assert len(norms(net.proto_net)) == len(convs(net.proto_net)) - 1
@@ -206,7 +206,7 @@ def test_dcn_runs_under_cpu_autocast(dtype):
 def test_batched_inference_at_550_on_cpu():
     torch.manual_seed(0)
     set_cfg('yolact_base_config')
-    net = yolact.Yolact()
+    net = yolact.Yolact(cfg)
     net.init_weights(backbone_path=None)
     with torch.no_grad():
         net.prediction_layers[0].conf_layer.weight.mul_(25)  # random weights: get some detections
@@ -233,3 +233,67 @@ def test_eval_under_bf16_autocast_detects_in_float32():
     assert det is not None
     assert det['box'].dtype == torch.float32 and det['score'].dtype == torch.float32
     assert det['proto'].dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- config as a value
+
+def _outputs(config, size: int):
+    """A Yolact of `config` with seeded weights: its raw outputs and its postprocessed detections
+    on a seeded batch (everything as plain tensors, to compare bit for bit)."""
+    from layers.output_utils import postprocess
+    torch.manual_seed(0)
+    net = yolact.Yolact(config)
+    net.init_weights(backbone_path=None)
+    with torch.no_grad():
+        net.prediction_layers[0].conf_layer.weight.mul_(25)  # random weights: get some detections
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return net, lambda: _run(net, images, postprocess)
+
+
+def _run(net, images, postprocess):
+    out = {}
+    with torch.no_grad():
+        net.train()
+        out.update({f'raw/{k}': v for k, v in net(images).items()})
+        net.eval()
+        dets = net(images)
+    for b, det in enumerate(dets):
+        assert det['detection'] is not None
+        out.update({f'det{b}/{k}': v for k, v in det['detection'].items()})
+        classes, scores, boxes, masks = postprocess(dets, 40, 30, batch_idx=b)
+        out.update({f'post{b}/classes': classes, f'post{b}/scores': scores, f'post{b}/boxes': boxes,
+                    f'post{b}/masks': masks})
+    return out
+
+
+def _assert_same(got, want):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+def test_two_configs_in_one_process_give_what_each_gives_alone(monkeypatch):
+    """Nothing in the network, the loss-free forward or postprocess reads or writes the global cfg:
+    two models of different configs built side by side give what each gives when built alone."""
+    from tests.eval_helpers import register, tiny_config
+    a_name = register(monkeypatch, tiny_config('two_a', num_classes=7, prototypes=8))
+    b_name = register(monkeypatch, tiny_config('two_b', num_classes=4, prototypes=5).copy({
+        'max_size': 96, 'mask_proto_bias': True, 'nms_top_k': 50}))
+    config_a = set_cfg(a_name).copy()
+    config_b = set_cfg(b_name).copy()
+
+    _, run_a = _outputs(config_a, 64)
+    alone_a = run_a()
+    _, run_b = _outputs(config_b, 96)
+    alone_b = run_b()
+
+    # Both built before either runs, the global set to a third config meanwhile.
+    set_cfg('yolact_base_config')
+    global_before = dict(vars(cfg))
+    net_a, run_a = _outputs(config_a, 64)
+    net_b, run_b = _outputs(config_b, 96)
+    assert (net_a.mask_dim, net_b.mask_dim) == (8, 6)
+    _assert_same(run_b(), alone_b)
+    _assert_same(run_a(), alone_a)
+    assert dict(vars(cfg)) == global_before  # nothing wrote the global
+    assert config_a.mask_dim is None and config_b.mask_dim is None  # nor the configs

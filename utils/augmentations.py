@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.config import MEANS, STD, cfg
+from data.config import MEANS, STD, Config
 
 Labels = Dict[str, Any]
 Sample = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Optional[Labels]]
@@ -137,7 +137,7 @@ class Resize:
     the default 4/550 therefore only drops boxes of (near) zero size. Kept for parity with the
     original's training.
 
-    Settings not given are read from `cfg` when the transform is built.
+    Settings not given are read from `config` (``cfg.max_size``, ...) when the transform is built.
     """
 
     @staticmethod
@@ -149,13 +149,20 @@ class Resize:
 
     def __init__(self, resize_gt: bool = True, max_size: Optional[int] = None,
                  preserve_aspect_ratio: Optional[bool] = None,
-                 discard_box_width: Optional[float] = None, discard_box_height: Optional[float] = None):
+                 discard_box_width: Optional[float] = None, discard_box_height: Optional[float] = None,
+                 config: Optional[Config] = None):
+        def setting(value: Any, name: str) -> Any:
+            if value is not None:
+                return value
+            if config is None:
+                raise ValueError(f"Resize needs {name}=... or a config to read it from")
+            return getattr(config, name)
+
         self.resize_gt = resize_gt
-        self.max_size = cfg.max_size if max_size is None else max_size
-        self.preserve_aspect_ratio = (cfg.preserve_aspect_ratio if preserve_aspect_ratio is None
-                                      else preserve_aspect_ratio)
-        self.discard_box_width = cfg.discard_box_width if discard_box_width is None else discard_box_width
-        self.discard_box_height = cfg.discard_box_height if discard_box_height is None else discard_box_height
+        self.max_size = setting(max_size, 'max_size')
+        self.preserve_aspect_ratio = setting(preserve_aspect_ratio, 'preserve_aspect_ratio')
+        self.discard_box_width = setting(discard_box_width, 'discard_box_width')
+        self.discard_box_height = setting(discard_box_height, 'discard_box_height')
 
     def output_size(self, img_w: int, img_h: int) -> Tuple[int, int]:
         """(width, height) that an img_w x img_h image is resized to."""
@@ -459,11 +466,11 @@ class BaseTransform:
     boxes below cfg.discard_box_width/height are dropped with their masks and labels) and the
     backbone's normalisation. Returns (img (ndarray[h, w, 3] float32), masks, boxes, labels)."""
 
-    def __init__(self, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
         self.augment = Compose([
             ConvertFromInts(),
-            Resize(resize_gt=False),
-            BackboneTransform(cfg.backbone.transform, mean, std, 'BGR'),
+            Resize(resize_gt=False, config=config),
+            BackboneTransform(config.backbone.transform, mean, std, 'BGR'),
         ])
 
     def __call__(self, img, masks=None, boxes=None, labels=None) -> Sample:
@@ -475,15 +482,15 @@ class FastBaseTransform(torch.nn.Module):
 
     forward(img (Tensor[N, H, W, 3]) BGR, 0..255) -> Tensor[N, 3, h, w] in the backbone's channel
     order, normalised; (h, w) as Resize (bilinear, align_corners=False). Integer input is converted to
-    float32; otherwise the input's dtype is kept. Config is read from `cfg` when the module is built.
+    float32; otherwise the input's dtype is kept. `config` is read when the module is built.
     """
 
-    def __init__(self, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
         super().__init__()
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.transform = cfg.backbone.transform
-        self.resize = Resize(resize_gt=False)
+        self.transform = config.backbone.transform
+        self.resize = Resize(resize_gt=False, config=config)
         self.channel_permutation = _channel_permutation('BGR', self.transform.channel_order)
 
     def _per_channel(self, values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
@@ -509,7 +516,7 @@ class FastBaseTransform(torch.nn.Module):
 
 
 class SSDAugmentation:
-    """Training transform, switched by cfg.augment_* (read when built).
+    """Training transform, switched by `config`'s augment_* (read when built).
 
     __call__(img (ndarray[H, W, 3] uint8 BGR), masks (ndarray[N, H, W]), boxes (ndarray[N, 4]) relative
     (x1, y1, x2, y2), labels {'num_crowds': int, 'labels': ndarray[N]}) ->
@@ -518,7 +525,8 @@ class SSDAugmentation:
     M <= N objects kept, crowd labels last.
     """
 
-    def __init__(self, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+        cfg = config
         # The original also pads to max_size x max_size when not preserving the aspect ratio, but the
         # resize already produced that size, so the pad is left out.
         self.augment = Compose([
@@ -530,7 +538,7 @@ class SSDAugmentation:
             enable_if(cfg.augment_random_mirror, RandomMirror()),
             enable_if(cfg.augment_random_flip, RandomFlip()),
             enable_if(cfg.augment_random_rot90, RandomRot90()),
-            Resize(),
+            Resize(config=cfg),
             ToPercentCoords(),
             BackboneTransform(cfg.backbone.transform, mean, std, 'BGR'),
         ])

@@ -67,7 +67,7 @@ def category_ids(label_map: Mapping[int, int]) -> Dict[int, int]:
     """Class index (0-based, as Detect reports it) -> COCO category id.
 
     Args:
-        label_map: category_id -> class index + 1, as ``data.coco.get_label_map()`` returns it.
+        label_map: category_id -> class index + 1, as ``data.coco.get_label_map(cfg.dataset)`` returns it.
     """
     inverse = {}
     for cat_id, label in label_map.items():
@@ -126,7 +126,7 @@ class CocoResults:
     """COCO result dicts of the images evaluated so far.
 
     Args:
-        label_map: category_id -> class index + 1 (``data.coco.get_label_map()``).
+        label_map: category_id -> class index + 1 (``data.coco.get_label_map(cfg.dataset)``).
     """
     label_map: Mapping[int, int]
     bbox: List[dict] = field(default_factory=list)

@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from data.coco import get_label_map
-from data.config import cfg
 from layers.output_utils import postprocess
 from utils.coco_results import CocoResults, evaluate_results, format_map_table
 from utils.inference import Predictor, benchmark
@@ -148,13 +147,13 @@ def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Op
 def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: EvalOptions,
                      verbose: bool) -> Optional[Dict[str, Any]]:
     """Run the network over `order`'s images, collect COCO results and score them."""
-    with_masks = bool(cfg.eval_mask_branch)
-    results = CocoResults(getattr(dataset, 'label_map', None) or get_label_map())
+    with_masks = bool(predictor.config.eval_mask_branch)
+    results = CocoResults(getattr(dataset, 'label_map', None) or get_label_map(predictor.config.dataset))
     for index in tqdm(order, unit='img', disable=opts.no_bar or not verbose):
         batch, height, width = _network_input(dataset, index, predictor)
         det_output = predictor.run_batch(batch)
         classes, scores, boxes, masks = postprocess(det_output, width, height, crop_masks=opts.crop,
-                                                    score_threshold=opts.score_threshold)
+                                                    score_threshold=opts.score_threshold, config=predictor.config)
         results.add(dataset.ids[index], classes, scores, boxes, masks if with_masks else None)
 
     if opts.output_coco_json:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data.config import Config, cfg
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import autocast_dtype, synchronize
@@ -52,6 +53,13 @@ def _device_of(net: nn.Module) -> torch.device:
         return torch.device('cpu')
 
 
+def config_of(net: nn.Module) -> Config:
+    """The config `net` was built with (Yolact.config); the global cfg for a stand-in without one
+    (a test double, an exported model), as the scripts set it. DataParallel/DDP: the wrapped net's."""
+    config = getattr(getattr(net, 'module', net), 'config', None)
+    return config if config is not None else cfg
+
+
 class Predictor:
     """Runs the network in eval mode on BGR frames.
 
@@ -61,15 +69,17 @@ class Predictor:
         amp: run the network under torch.autocast (in float32 where utils.device.autocast_dtype
             finds no fast reduced precision, e.g. bf16 on a CPU without native support).
         amp_dtype_name: 'auto', 'fp16' or 'bf16' (see `utils.device.autocast_dtype`).
+        config: the input transform's and postprocess's settings; default `config_of(net)`.
     """
 
     def __init__(self, net: nn.Module, device: Optional[torch.device] = None, amp: bool = False,
-                 amp_dtype_name: str = 'auto'):
+                 amp_dtype_name: str = 'auto', config: Optional[Config] = None):
         self.net = net
+        self.config = config if config is not None else config_of(net)
         self.device = device if device is not None else _device_of(net)
         self.dtype = autocast_dtype(self.device, amp, amp_dtype_name)
         self.amp = self.dtype is not None
-        self.transform = FastBaseTransform()
+        self.transform = FastBaseTransform(self.config)
 
     def autocast(self):
         if not self.amp:
@@ -134,7 +144,8 @@ def shown_detections(det_output: List[Dict], index: int, height: int, width: int
     """
     classes, scores, boxes, masks = postprocess(best_detections(det_output, index, opts.draw.top_k), width,
                                                 height, crop_masks=opts.crop_masks,
-                                                score_threshold=opts.draw.score_threshold)
+                                                score_threshold=opts.draw.score_threshold,
+                                                config=config_of(det_output[index].get('net')))
     if isinstance(scores, list):
         # YOLACT++ re-scoring: rank and label by the mask score, as the original's display did.
         scores = scores[1]
@@ -494,7 +505,7 @@ def benchmark(predictor: Predictor, load_image: Callable[[int], np.ndarray], ind
         h, w = img.shape[:2]
         _, det_output = predictor([img])
         classes, scores, boxes, masks = postprocess(det_output, w, h, crop_masks=crop_masks,
-                                                    score_threshold=score_threshold)
+                                                    score_threshold=score_threshold, config=predictor.config)
         if isinstance(scores, list):
             scores = scores[0]
         for t in (classes, scores, boxes, masks):

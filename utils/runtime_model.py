@@ -155,6 +155,8 @@ class RuntimeYolact(nn.Module):
         self.input_size = int(meta['input_size'])
         fixed = session.get_inputs()[0].shape[0]
         self.fixed_batch = fixed if isinstance(fixed, int) else None
+        # What use_exported_config made active: postprocess reads its switches from here.
+        self.config = cfg
         self.detect = Detect(int(meta['num_classes']), bkg_label=0, top_k=meta['top_k'],
                              conf_thresh=meta['conf_thresh'], nms_thresh=meta['nms_thresh'],
                              max_num_detections=meta['max_num_detections'], max_size=self.input_size)

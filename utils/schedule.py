@@ -36,7 +36,7 @@ class Schedule:
 def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
     """Apply --config/--dataset/--data to the global cfg, autoscale, and set the freeze-BN rule.
 
-    Must run before the model and datasets are built (they read cfg).
+    Must run before the model and datasets are built (train.py passes them cfg).
     """
     set_cfg(args.config or DEFAULT_CONFIG)
     if args.dataset is not None:

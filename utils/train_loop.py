@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from data.coco import Batch
-from data.config import cfg
+from data.config import Config
 from layers.modules import MultiBoxLoss
 from utils.distributed import all_ranks_agree
 
@@ -52,9 +52,10 @@ class NetLoss(nn.Module):
         return losses
 
 
-def build_criterion() -> MultiBoxLoss:
-    return MultiBoxLoss(num_classes=cfg.num_classes, pos_threshold=cfg.positive_iou_threshold,
-                        neg_threshold=cfg.negative_iou_threshold, negpos_ratio=cfg.ohem_negpos_ratio)
+def build_criterion(config: Config) -> MultiBoxLoss:
+    return MultiBoxLoss(num_classes=config.num_classes, pos_threshold=config.positive_iou_threshold,
+                        neg_threshold=config.negative_iou_threshold, negpos_ratio=config.ohem_negpos_ratio,
+                        config=config)
 
 
 @dataclass

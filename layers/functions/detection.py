@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-from data.config import cfg
 from layers.box_utils import decode, jaccard
 
 # (boxes [D, 4], mask coefficients [D, M], classes [D], scores [D])
@@ -37,18 +36,17 @@ class Detect:
         conf_thresh: a prior becomes a candidate when its best foreground score exceeds this
             (``cfg.nms_conf_thresh``).
         nms_thresh: IoU above which a lower-scoring box is suppressed (``cfg.nms_thresh``).
-        max_num_detections: cap on detections per image after per-class NMS; defaults to
-            ``cfg.max_num_detections`` at construction time.
-        max_size: the network's input size in pixels (``cfg.max_size``, the default); traditional NMS
-            measures boxes at this scale, see `traditional_nms`.
+        max_num_detections: cap on detections per image after per-class NMS
+            (``cfg.max_num_detections``; the default is the original's 100).
+        max_size: the network's input size in pixels (``cfg.max_size``; the default is yolact_base's
+            550); traditional NMS measures boxes at this scale, see `traditional_nms`.
 
     The switches ``use_fast_nms`` and ``use_cross_class_nms`` are plain attributes, both False after
     construction as in the original; eval.py sets them from its command line.
     """
 
     def __init__(self, num_classes: int, bkg_label: int, top_k: int, conf_thresh: float,
-                 nms_thresh: float, max_num_detections: Optional[int] = None,
-                 max_size: Optional[int] = None):
+                 nms_thresh: float, max_num_detections: int = 100, max_size: int = 550):
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         if bkg_label != 0:
@@ -63,8 +61,8 @@ class Detect:
         self.top_k = top_k
         self.conf_thresh = conf_thresh
         self.nms_thresh = nms_thresh
-        self.max_num_detections = cfg.max_num_detections if max_num_detections is None else max_num_detections
-        self.max_size = cfg.max_size if max_size is None else max_size
+        self.max_num_detections = max_num_detections
+        self.max_size = max_size
 
         self.use_cross_class_nms = False
         self.use_fast_nms = False
