@@ -8,14 +8,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from data.config import ConfigError
-from utils.functions import SavePath
+from utils.functions import SavePath, write_atomically
 
 
 class CheckpointError(ValueError):
@@ -57,19 +56,8 @@ def load_state_dict_file(path: str, map_location: Any = 'cpu') -> Dict[str, torc
 
 
 def save_file(obj: Any, path: str) -> None:
-    """torch.save to `path` atomically: write a temporary file beside it, fsync, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """torch.save to `path` atomically (utils.functions.write_atomically)."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def config_name_from_checkpoint(path: str) -> str:
@@ -101,17 +89,7 @@ def write_classes(weights_path: str, config: str, class_names: Sequence[str],
     ids = {label: cat_id for cat_id, label in (label_map or {}).items()}
     categories = [{'id': ids.get(label, label), 'name': name} for label, name in enumerate(class_names, start=1)]
     text = json.dumps({'format': CLASSES_FORMAT, 'config': config, 'categories': categories}, indent=1)
-    path = classes_path(weights_path)
-    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                                    dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text + '\n')
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    write_atomically(classes_path(weights_path), lambda f: f.write(text.encode('utf-8') + b'\n'))
 
 
 def read_classes(weights_path: str) -> Optional[Tuple[Tuple[str, ...], Dict[int, int]]]:

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections import deque
 from pathlib import Path
-from typing import Callable, Deque, List, Optional, Union
+from typing import BinaryIO, Callable, Deque, List, Optional, Union
 
 
 class MovingAverage:
@@ -137,3 +137,20 @@ def check_writable_folder(path: str, flag: str) -> None:
     except OSError as err:
         raise ValueError(f"{flag} '{path}' is not a writable folder: "
                          f"{err.strerror or type(err).__name__}") from None
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`: a
+    crash or a kill during the write leaves the previous file (or none), never half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise

@@ -15,7 +15,6 @@ PNG: single channel, 16 bit, the image's size; 0 is background and detection i o
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from utils.coco_results import encode_masks
+from utils.functions import write_atomically
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -121,19 +121,10 @@ def instance_image(masks: Optional[ArrayLike], height: int, width: int) -> np.nd
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    """Write `data` to a temporary file in `path`'s folder, then rename it over `path`: a crash
-    leaves the old file or none, never half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """`data` to `path` through a temporary file (a crash leaves the old file or none), making
+    the folder first."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda f: f.write(data))
 
 
 def write_result_json(path: str, image: str, height: int, width: int, detections: List[dict]) -> None:
