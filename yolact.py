@@ -18,7 +18,7 @@ from backbone import construct_backbone
 from data.config import Config, ConfigError, describe_classes, mask_type
 from layers.functions.detection import Detect
 from layers.interpolate import InterpolateModule
-from utils.checkpoint import CheckpointError, load_state_dict_file, read_classes, save_file
+from utils.checkpoint import CheckpointError, classes_path, load_state_dict_file, read_classes, save_file
 from utils.device import prefers_channels_last  # noqa: F401  (re-exported: it used to live here)
 
 
@@ -80,6 +80,11 @@ def make_priors(conv_h: int, conv_w: int, aspect_ratios: Sequence[Sequence[float
     return priors.reshape(-1, 4).to(device=device, dtype=torch.float32)
 
 
+def priors_per_cell(aspect_ratios: Sequence[Sequence[float]], scales: Sequence[float]) -> int:
+    """Anchors per feature-map cell of one prediction head: every scale for every aspect ratio."""
+    return sum(len(x) * len(scales) for x in aspect_ratios)
+
+
 class PredictionModule(nn.Module):
     """Box, class and mask-coefficient head for one FPN level.
 
@@ -95,7 +100,7 @@ class PredictionModule(nn.Module):
         cfg = config
         self.num_classes = cfg.num_classes
         self.mask_dim = mask_dim
-        self.num_priors = sum(len(x) * len(scales) for x in aspect_ratios)
+        self.num_priors = priors_per_cell(aspect_ratios, scales)
         self.parent = [parent]  # a list, so the shared parent is not registered twice
         self.index = index
         self.aspect_ratios = aspect_ratios
@@ -509,7 +514,7 @@ def num_classes_in_checkpoint(state_dict: Dict[str, torch.Tensor], config: Confi
     weight = state_dict.get('prediction_layers.0.conf_layer.weight')
     if weight is None:
         return None
-    priors = sum(len(x) * len(config.backbone.pred_scales[0]) for x in config.backbone.pred_aspect_ratios[0])
+    priors = priors_per_cell(config.backbone.pred_aspect_ratios[0], config.backbone.pred_scales[0])
     return weight.shape[0] // priors if weight.shape[0] % priors == 0 else None
 
 
@@ -527,7 +532,7 @@ def use_checkpoint_classes(path: str, config: Config, say: Optional[Callable[[st
         config.dataset = config.dataset.copy({'class_names': names, 'label_map': label_map})
         config.num_classes = len(names) + 1
         if say is not None:
-            say(f'Classes from {os.path.basename(path)[:-4]}.classes.json: {describe_classes(names)}.')
+            say(f'Classes from {os.path.basename(classes_path(path))}: {describe_classes(names)}.')
         return True
     count = num_classes_in_checkpoint(load_state_dict_file(path), config)
     if count is None or count == config.num_classes:
