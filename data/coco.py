@@ -18,6 +18,7 @@ stream, so a long training run never dies on one bad file.
 """
 import json
 import logging
+import os
 import os.path as osp
 import random
 from collections import Counter
@@ -91,16 +92,32 @@ class COCOAnnotationTransform:
         return rows
 
 
-def _load_json(info_file: str) -> dict:
+# Files parsed by read_categories, kept for the one dataset built from each next (path, size and
+# modification time -> content): a run reads the categories of its train and val files before it
+# builds their datasets, and COCO's train json takes many seconds to parse.
+_PARSED_FOR_DATASET: Dict[Tuple[str, int, int], dict] = {}
+
+
+def _load_json(info_file: str, keep_for_dataset: bool = False) -> dict:
+    """The parsed annotation file. A content kept by an earlier `keep_for_dataset` call is handed
+    out once (never shared: COCOeval writes into the ground truth it scores)."""
     if not osp.isfile(info_file):
         raise DatasetFileNotFoundError(f"annotation file not found: {info_file}")
-    try:
-        with open(info_file, 'rb') as f:
-            content = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{info_file}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise DatasetFormatError(f"{info_file}: not valid JSON (not UTF-8 text)") from None
+    stat = os.stat(info_file)
+    key = (osp.realpath(info_file), stat.st_size, stat.st_mtime_ns)
+    content = _PARSED_FOR_DATASET.pop(key, None)
+    if content is None:
+        try:
+            with open(info_file, 'rb') as f:
+                content = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetFormatError(f"{info_file}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+        except UnicodeDecodeError:
+            raise DatasetFormatError(f"{info_file}: not valid JSON (not UTF-8 text)") from None
+    if keep_for_dataset:
+        _PARSED_FOR_DATASET[key] = content
+        while len(_PARSED_FOR_DATASET) > 2:  # train and val
+            del _PARSED_FOR_DATASET[next(iter(_PARSED_FOR_DATASET))]
     return content
 
 
@@ -554,7 +571,7 @@ def read_categories(info_file: str) -> List[Category]:
     Any ids are accepted (COCO's skip numbers); ids must be unique integers. Raises
     DatasetFileNotFoundError / DatasetFormatError with one line naming the file.
     """
-    content = _load_json(info_file)
+    content = _load_json(info_file, keep_for_dataset=True)
     cats = content.get('categories') if isinstance(content, dict) else None
     if not isinstance(cats, list) or not cats:
         raise DatasetFormatError(f"{info_file}: no 'categories' list, so the class names are unknown "

@@ -342,3 +342,19 @@ def test_image_with_only_crowd_annotations_is_a_background_sample(tmp_path):
     # Kept as in the original: every prior is background except those under the crowd.
     assert target.shape == (1, 5) and target[0, 4] == -1 and num_crowds == 1
     assert ds.skipped['no_ground_truth'] == 0
+
+
+def test_categories_read_before_the_dataset_are_parsed_once_and_never_shared(synthetic_paths, monkeypatch):
+    import data.coco as coco_module
+    from data.config import synthetic_dataset
+    parsed = []
+    real_load = coco_module.json.load
+    monkeypatch.setattr(coco_module.json, 'load', lambda f: parsed.append(f.name) or real_load(f))
+    coco_module.read_categories(synthetic_paths.valid_info)
+    config = synthetic_dataset.copy({'valid_info': synthetic_paths.valid_info})
+    first = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info,
+                          label_map=get_label_map(config), num_classes=7)
+    assert len(parsed) == 1  # the dataset took the content read_categories parsed
+    second = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info,
+                           label_map=get_label_map(config), num_classes=7)
+    assert len(parsed) == 2 and first.coco.dataset is not second.coco.dataset
