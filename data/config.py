@@ -631,13 +631,19 @@ def _lookup(name: str, kind: str) -> Config:
     raise ConfigError(f"unknown {kind.strip('_')} '{name}'; valid names: {', '.join(sorted(known))}")
 
 
+def config_for(config_name: str) -> Config:
+    """A fresh config of its own for `config_name` (e.g. 'yolact_base_config' or 'yolact_base'):
+    changing it changes neither the registry nor the active ``cfg``."""
+    config = _lookup(config_name, '_config').copy()
+    if config.name is None:
+        config.name = config_name.split('_config')[0]
+    return config
+
+
 def set_cfg(config_name: str) -> Config:
     """Make `config_name` (e.g. 'yolact_base_config' or 'yolact_base') the active config, in place;
     returns it (the global ``cfg``), to pass to Yolact, MultiBoxLoss, the datasets, ..."""
-    new = _lookup(config_name, '_config')
-    cfg.replace(new.copy())
-    if cfg.name is None:
-        cfg.name = config_name.split('_config')[0]
+    cfg.replace(config_for(config_name))
     return cfg
 
 
