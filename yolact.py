@@ -2,8 +2,9 @@
 
 Module and parameter names follow the original repository exactly, so its published checkpoints
 (yolact_base_54_800000.pth, yolact_plus_base_54_800000.pth, ...) load without renaming.
-The network reads the config it is given (``Yolact(set_cfg('yolact_base'))``) once, when it is
-built, and never the global `cfg`; the device of every tensor it creates follows its parameters
+The network keeps a copy of the config it is given (``Yolact(set_cfg('yolact_base'))``, or the
+original's ``set_cfg('yolact_base'); Yolact()``, which copies the active `cfg`), so a later
+`set_cfg` changes nothing in a network already built; the device of every tensor it creates follows its parameters
 (no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
 """
 import math
@@ -15,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbone import construct_backbone
-from data.config import Config, ConfigError, describe_classes, mask_type
+from data.config import Config, ConfigError, describe_classes, mask_type, own_config
 from layers.functions.detection import Detect
 from layers.interpolate import InterpolateModule
 from utils.checkpoint import CheckpointError, classes_path, load_state_dict_file, read_classes, save_file
@@ -229,8 +230,8 @@ class FastMaskIoUNet(nn.Module):
 
 
 class Yolact(nn.Module):
-    """YOLACT / YOLACT++ as configured by `config` (e.g. what `set_cfg` returns), kept as
-    `self.config`; `self.mask_dim` is the number of prototypes, from the protonet's last layer.
+    """YOLACT / YOLACT++ as configured by `config` (e.g. what `set_cfg` returns; default: the active
+    `cfg`), of which it keeps a copy as `self.config`; `self.mask_dim` is the number of prototypes, from the protonet's last layer.
 
     In train mode `forward(x)` returns the raw outputs: loc (Tensor[B, P, 4]) box offsets,
     conf (Tensor[B, P, C]) class logits, mask (Tensor[B, P, K]) coefficients, priors
@@ -238,9 +239,9 @@ class Yolact(nn.Module):
     when the semantic segmentation loss is on. In eval mode it returns `Detect`'s detections.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Optional[Config] = None):
         super().__init__()
-        cfg = self.config = config
+        cfg = self.config = own_config(config)
         if cfg.mask_type != mask_type.lincomb:
             raise ConfigError("mask_type.direct is a research option of the original that this port "
                               "does not implement; use mask_type.lincomb")

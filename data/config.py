@@ -3,12 +3,15 @@
 The names (``cfg``, ``set_cfg``, ``set_dataset``, ``yolact_base_config`` ...) and every field name
 are the original repository's, so user scripts and published checkpoints keep working.
 ``cfg`` is one global object that ``set_cfg`` overwrites in place and returns; the scripts pass it
-(or a copy) down, and library modules (Yolact, the loss, the datasets, the transforms) take the config
-as an argument and never read the global.
+down, and library modules (Yolact, the loss, the datasets, the transforms) take the config as an
+argument and keep a copy of their own (`own_config`), so a later ``set_cfg`` changes none of them.
+The original's calls without a config (``Yolact()``, ``FastBaseTransform()``, ...) copy the active
+``cfg`` there, and only there.
 
 Unlike the original, a config is never created by ``eval``: ``set_cfg``/``set_dataset`` look names
 up in a registry, and a config that sets an option this port does not know fails loudly.
 """
+import copy
 from math import sqrt
 from typing import Any, Callable, Dict, Optional
 
@@ -631,10 +634,18 @@ def _lookup(name: str, kind: str) -> Config:
     raise ConfigError(f"unknown {kind.strip('_')} '{name}'; valid names: {', '.join(sorted(known))}")
 
 
+def own_config(config: Optional[Config] = None) -> Config:
+    """A copy of `config` for a network, transform or loss to keep: neither a later ``set_cfg`` nor
+    changes to `config` reach it. Without `config`, a copy of the active ``cfg``, which is how the
+    original's ``Yolact()``, ``FastBaseTransform()``, ``MultiBoxLoss(...)`` find theirs."""
+    # Deep: set_cfg shares sub-configs (backbone, dataset) with the registry, and they are mutable.
+    return copy.deepcopy(cfg if config is None else config)
+
+
 def config_for(config_name: str) -> Config:
     """A fresh config of its own for `config_name` (e.g. 'yolact_base_config' or 'yolact_base'):
     changing it changes neither the registry nor the active ``cfg``."""
-    config = _lookup(config_name, '_config').copy()
+    config = own_config(_lookup(config_name, '_config'))
     if config.name is None:
         config.name = config_name.split('_config')[0]
     return config

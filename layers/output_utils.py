@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data.config import MEANS, STD, Config, mask_type
+from data.config import MEANS, STD, Config, mask_type, own_config
 from layers.box_utils import crop, sanitize_coordinates
 
 # F.interpolate only accepts align_corners for these modes.
@@ -125,7 +125,8 @@ def _upsample_windows(masks: Tensor, h: int, w: int, taps: Tuple[Taps, Taps],
 
 
 def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
-                interpolation_mode: str = 'bilinear', crop_masks: bool = True, score_threshold: float = 0,
+                interpolation_mode: str = 'bilinear', visualize_lincomb: bool = False,
+                crop_masks: bool = True, score_threshold: float = 0,
                 config: Optional[Config] = None) -> Tuple[Tensor, Union[Tensor, List[Tensor]], Tensor, Tensor]:
     """Detections of one image in pixel coordinates with full-size masks.
 
@@ -134,6 +135,8 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         w, h: size in pixels of the image the results are for.
         batch_idx: which image of the batch.
         interpolation_mode: F.interpolate mode used to upsample masks from prototype resolution.
+        visualize_lincomb: also show the image's prototypes in a window (the original's switch,
+            eval.py --display_lincomb).
         crop_masks: zero each mask outside its box (at prototype resolution, before upsampling).
         score_threshold: drop detections scoring at or below this before any mask work.
         config: the settings below (``cfg.*``); by default the config of the network that made the
@@ -170,6 +173,9 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
         if cfg.mask_type != mask_type.lincomb:
             raise ValueError(f"postprocess only supports cfg.mask_type == mask_type.lincomb "
                              f"({mask_type.lincomb}), got {cfg.mask_type}")
+        if visualize_lincomb:
+            from utils.visualize import prototype_mosaic  # drawing code stays out of the layers' imports
+            cv2.imshow('prototypes', prototype_mosaic(dets['proto']))
         # Assemble each mask from the prototypes: [H, W, M] @ [M, D] -> [H, W, D]
         masks = cfg.mask_proto_mask_activation(dets['proto'] @ coeffs.t())
         if crop_masks:
@@ -189,15 +195,18 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
     return classes, scores, pixel_boxes, masks
 
 
-def undo_image_transformation(img: Tensor, w: int, h: int, transform: Any) -> np.ndarray:
+def undo_image_transformation(img: Tensor, w: int, h: int, transform: Any = None) -> np.ndarray:
     """Network input back to a displayable image.
 
     Args:
-        img (Tensor[3, H, W]): RGB image as transformed for `transform` (``cfg.backbone.transform``).
+        img (Tensor[3, H, W]): RGB image as transformed for `transform` (``cfg.backbone.transform``;
+            default: the active cfg's, as the original's three-argument call).
         w, h: output size in pixels.
     Returns:
         np.ndarray[h, w, 3] float32 RGB in [0, 1].
     """
+    if transform is None:
+        transform = own_config().backbone.transform
     pixels = img.detach().permute(1, 2, 0).cpu().numpy().astype(np.float32)
     # MEANS and STD are listed in BGR order; the tensor is RGB.
     means = np.array(MEANS[::-1], dtype=np.float32)

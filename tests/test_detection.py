@@ -58,12 +58,13 @@ def test_export_and_defaults():
     assert det.use_fast_nms is False and det.use_cross_class_nms is False
 
 
-def test_limits_defaults_whatever_cfg_says(monkeypatch):
-    # Detect never reads the global config: Yolact passes its config's limits.
+def test_limits_default_to_the_active_config_when_built(monkeypatch):
+    # The original's five-argument Detect reads these from cfg; here once, when it is built.
     monkeypatch.setattr(cfg, 'max_num_detections', 7)
     monkeypatch.setattr(cfg, 'max_size', 321)
     det = Detect(3, 0, 10, 0.05, 0.5)
-    assert det.max_num_detections == 100 and det.max_size == 550
+    monkeypatch.setattr(cfg, 'max_size', 123)
+    assert det.max_num_detections == 7 and det.max_size == 321
     assert Detect(3, 0, 10, 0.05, 0.5, max_num_detections=3).max_num_detections == 3
 
 

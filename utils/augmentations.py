@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.config import MEANS, STD, Config
+from data.config import MEANS, STD, Config, own_config
 
 Labels = Dict[str, Any]
 Sample = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Optional[Labels]]
@@ -461,12 +461,24 @@ class BackboneTransform:
         return img.astype(np.float32), masks, boxes, labels
 
 
+def _config_mean_std(config: Any, mean: Optional[Sequence[float]],
+                     std: Optional[Sequence[float]]) -> Tuple[Config, Sequence[float], Sequence[float]]:
+    """(own copy of the config, mean, std) for a transform called as ``T(config, mean, std)`` or as
+    the original's ``T(mean, std)`` (``BaseTransform(MEANS)``), which reads the active cfg."""
+    if config is not None and not isinstance(config, Config):
+        config, mean, std = None, config, mean
+    return own_config(config), MEANS if mean is None else mean, STD if std is None else std
+
+
 class BaseTransform:
     """Evaluation transform: float, resize (image only; boxes stay relative and masks untouched, but
     boxes below cfg.discard_box_width/height are dropped with their masks and labels) and the
-    backbone's normalisation. Returns (img (ndarray[h, w, 3] float32), masks, boxes, labels)."""
+    backbone's normalisation. Returns (img (ndarray[h, w, 3] float32), masks, boxes, labels).
+    `config` defaults to the active cfg; a copy is read when the transform is built."""
 
-    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+    def __init__(self, config: Optional[Config] = None, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
+        config, mean, std = _config_mean_std(config, mean, std)
         self.augment = Compose([
             ConvertFromInts(),
             Resize(resize_gt=False, config=config),
@@ -482,11 +494,14 @@ class FastBaseTransform(torch.nn.Module):
 
     forward(img (Tensor[N, H, W, 3]) BGR, 0..255) -> Tensor[N, 3, h, w] in the backbone's channel
     order, normalised; (h, w) as Resize (bilinear, align_corners=False). Integer input is converted to
-    float32; otherwise the input's dtype is kept. `config` is read when the module is built.
+    float32; otherwise the input's dtype is kept. `config` (default: the active cfg) is copied
+    when the module is built.
     """
 
-    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
+    def __init__(self, config: Optional[Config] = None, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
         super().__init__()
+        config, mean, std = _config_mean_std(config, mean, std)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.transform = config.backbone.transform
@@ -516,7 +531,7 @@ class FastBaseTransform(torch.nn.Module):
 
 
 class SSDAugmentation:
-    """Training transform, switched by `config`'s augment_* (read when built).
+    """Training transform, switched by `config`'s augment_* (default: the active cfg; read when built).
 
     __call__(img (ndarray[H, W, 3] uint8 BGR), masks (ndarray[N, H, W]), boxes (ndarray[N, 4]) relative
     (x1, y1, x2, y2), labels {'num_crowds': int, 'labels': ndarray[N]}) ->
@@ -525,8 +540,9 @@ class SSDAugmentation:
     M <= N objects kept, crowd labels last.
     """
 
-    def __init__(self, config: Config, mean: Sequence[float] = MEANS, std: Sequence[float] = STD):
-        cfg = config
+    def __init__(self, config: Optional[Config] = None, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
+        cfg, mean, std = _config_mean_std(config, mean, std)
         # The original also pads to max_size x max_size when not preserving the aspect ratio, but the
         # resize already produced that size, so the pad is left out.
         self.augment = Compose([

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.config import Config, cfg
+from data.config import Config, own_config
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import autocast_dtype, synchronize
@@ -54,10 +54,10 @@ def _device_of(net: nn.Module) -> torch.device:
 
 
 def config_of(net: nn.Module) -> Config:
-    """The config `net` was built with (Yolact.config); the global cfg for a stand-in without one
+    """The config `net` was built with (Yolact.config); a copy of the active cfg for a stand-in without one
     (a test double, an exported model), as the scripts set it. DataParallel/DDP: the wrapped net's."""
     config = getattr(getattr(net, 'module', net), 'config', None)
-    return config if config is not None else cfg
+    return config if config is not None else own_config()
 
 
 class Predictor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.config import activation_func, cfg, set_cfg
+from data.config import activation_func, cfg, own_config, set_cfg
 from layers.functions.detection import Detect
 from utils.onnx_postprocess import METADATA_KEY
 
@@ -155,8 +155,8 @@ class RuntimeYolact(nn.Module):
         self.input_size = int(meta['input_size'])
         fixed = session.get_inputs()[0].shape[0]
         self.fixed_batch = fixed if isinstance(fixed, int) else None
-        # What use_exported_config made active: postprocess reads its switches from here.
-        self.config = cfg
+        # A copy of what use_exported_config made active: postprocess reads its switches from here.
+        self.config = own_config()
         self.detect = Detect(int(meta['num_classes']), bkg_label=0, top_k=meta['top_k'],
                              conf_thresh=meta['conf_thresh'], nms_thresh=meta['nms_thresh'],
                              max_num_detections=meta['max_num_detections'], max_size=self.input_size)

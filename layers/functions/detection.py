@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
+from data.config import own_config
 from layers.box_utils import decode, jaccard
 
 # (boxes [D, 4], mask coefficients [D, M], classes [D], scores [D])
@@ -37,16 +38,18 @@ class Detect:
             (``cfg.nms_conf_thresh``).
         nms_thresh: IoU above which a lower-scoring box is suppressed (``cfg.nms_thresh``).
         max_num_detections: cap on detections per image after per-class NMS
-            (``cfg.max_num_detections``; the default is the original's 100).
-        max_size: the network's input size in pixels (``cfg.max_size``; the default is yolact_base's
-            550); traditional NMS measures boxes at this scale, see `traditional_nms`.
+            (``cfg.max_num_detections``; by default the active cfg's, as the original reads it).
+        max_size: the network's input size in pixels (``cfg.max_size``; by default the active
+            cfg's); traditional NMS measures boxes at this scale, see `traditional_nms`.
+    Both defaults are read once, here: a later ``set_cfg`` does not change a Detect already built.
 
     The switches ``use_fast_nms`` and ``use_cross_class_nms`` are plain attributes, both False after
     construction as in the original; eval.py sets them from its command line.
     """
 
     def __init__(self, num_classes: int, bkg_label: int, top_k: int, conf_thresh: float,
-                 nms_thresh: float, max_num_detections: int = 100, max_size: int = 550):
+                 nms_thresh: float, max_num_detections: Optional[int] = None,
+                 max_size: Optional[int] = None):
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         if bkg_label != 0:
@@ -55,6 +58,11 @@ class Detect:
             raise ValueError(f"nms_thresh must be positive, got {nms_thresh}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+        if max_num_detections is None or max_size is None:
+            active = own_config()
+            max_num_detections = active.max_num_detections if max_num_detections is None else max_num_detections
+            max_size = active.max_size if max_size is None else max_size
 
         self.num_classes = num_classes
         self.background_label = bkg_label

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from data.config import Config, activation_func, mask_type
+from data.config import Config, activation_func, mask_type, own_config
 from layers.box_utils import center_size, crop, decode, elemwise_box_iou, elemwise_mask_iou, match
 
 # The 'l1' prototype regulariser is scaled so that a prototype covering this fraction of the image
@@ -233,17 +233,18 @@ class MultiBoxLoss(nn.Module):
         neg_threshold: anchors with IoU < this are background (cfg.negative_iou_threshold);
             anchors in between are neutral.
         negpos_ratio: hard negatives per positive for OHEM (cfg.ohem_negpos_ratio).
-        config: the remaining switches and weights (e.g. what `set_cfg` returns), read here once.
+        config: the remaining switches and weights (e.g. what `set_cfg` returns; default: the
+            active cfg, as the original's four-argument call), read here once.
     """
 
     def __init__(self, num_classes: int, pos_threshold: float, neg_threshold: float,
-                 negpos_ratio: float, *, config: Config):
+                 negpos_ratio: float, *, config: Optional[Config] = None):
         super().__init__()
         self.num_classes = num_classes
         self.pos_threshold = pos_threshold
         self.neg_threshold = neg_threshold
         self.negpos_ratio = negpos_ratio
-        self.opts = LossOptions.from_config(config)
+        self.opts = LossOptions.from_config(own_config(config))
 
     def forward(self, net: nn.Module, predictions: Dict[str, Tensor], targets: Sequence[Tensor],
                 masks: Sequence[Tensor], num_crowds: Sequence[int]) -> Dict[str, Tensor]:
