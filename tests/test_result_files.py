@@ -14,6 +14,7 @@ import eval as eval_script
 import utils.inference as inference
 import utils.result_files as result_files
 from data.config import cfg
+from data.labelme2coco import shape_mask
 from tests.eval_helpers import ScriptedNet, detection_from_masks
 
 # The tiny config (autouse) and its checkpoint, shared with the inference tests.
@@ -76,9 +77,9 @@ def test_records_from_hand_made_detections():
         assert polygons and all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
         for p in polygons:
             xs, ys = np.array(p[0::2]), np.array(p[1::2])
-            assert xs.min() >= 0 and xs.max() < W and ys.min() >= 0 and ys.max() < H
-            x1, y1, x2, y2 = r['box']
-            assert xs.min() == x1 and xs.max() == x2 - 1 and ys.min() == y1 and ys.max() == y2 - 1
+            assert xs.min() >= 0 and xs.max() <= W and ys.min() >= 0 and ys.max() <= H
+            x1, y1, x2, y2 = r['box']  # pixel edges, as the polygon's corners
+            assert xs.min() == x1 and xs.max() == x2 and ys.min() == y1 and ys.max() == y2
 
 
 def test_records_of_box_only_results_have_no_mask():
@@ -88,15 +89,89 @@ def test_records_of_box_only_results_have_no_mask():
                         'box': [1, 2, 3, 4]}]
 
 
-def test_polygons_leave_out_lines_and_pixels():
+def test_polygons_of_lines_and_pixels_have_their_area():
     masks = torch.zeros(1, H, W)
-    masks[0, 3, 3] = 1          # a single pixel: 1 contour point
-    masks[0, 10, 5:15] = 1      # a horizontal line: 2 contour points
-    masks[0, 20:30, 20:30] = 1  # a square: 4
+    masks[0, 3, 3] = 1          # a single pixel
+    masks[0, 10, 5:15] = 1      # a horizontal line
+    masks[0, 20:30, 20:30] = 1  # a square
     (record,) = detections_to_records(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([[0, 0, W, H]]),
                                       masks, NAMES)
-    assert record['mask']['polygons'] == [[20, 20, 20, 29, 29, 29, 29, 20]]
-    assert record['mask']['area'] == 1 + 10 + 100
+    polygons = record['mask']['polygons']
+    assert [20, 20, 20, 30, 30, 30, 30, 20] in polygons and [3, 3, 3, 4, 4, 4, 4, 3] in polygons
+    assert len(polygons) == 3 and record['mask']['area'] == 1 + 10 + 100
+    assert (_coco_rasterised(polygons, H, W) == masks[0].numpy()).all()
+
+
+# ----------------------------------------------------------------------------- polygon convention
+
+def _coco_rasterised(polygons, height, width):
+    """The polygons as pycocotools (COCO's loaders, labelme2coco) turn them into pixels."""
+    if not polygons:
+        return np.zeros((height, width), dtype=bool)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
+
+
+def _labelme_rasterised(polygons, height, width):
+    """The polygons as labelme shapes, through data/labelme2coco.py's rasteriser."""
+    out = np.zeros((height, width), dtype=bool)
+    for p in polygons:
+        shape = {'shape_type': 'polygon', 'points': [[p[i], p[i + 1]] for i in range(0, len(p), 2)]}
+        out |= shape_mask(shape, height, width)
+    return out
+
+
+def _filled(mask):
+    """The mask with its holes filled (COCO polygons are outer outlines only)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool) | mask.astype(bool)
+
+
+def _convex_masks(count, height=50, width=70, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        m = np.zeros((height, width), dtype=np.uint8)
+        cx, cy = int(rng.integers(-5, width + 5)), int(rng.integers(-5, height + 5))  # may cross the border
+        if i % 3 == 0:
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            m[y:y + int(rng.integers(1, 25)), x:x + int(rng.integers(1, 25))] = 1
+        elif i % 3 == 1:
+            cv2.circle(m, (cx, cy), int(rng.integers(1, 20)), 1, thickness=-1)
+        else:
+            cv2.ellipse(m, (cx, cy), (int(rng.integers(1, 25)), int(rng.integers(1, 25))),
+                        float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
+        if m.any():
+            yield m
+
+
+@pytest.mark.parametrize('rasterise', [_coco_rasterised, _labelme_rasterised], ids=['pycocotools', 'labelme2coco'])
+def test_polygons_of_convex_shapes_rasterise_to_the_same_pixels(rasterise):
+    square = np.zeros((H, W), dtype=np.uint8)
+    square[5:15, 7:17] = 1  # 10 x 10: traced through pixel centres it came back as 9 x 9
+    assert result_files.mask_polygons(square) == [[7, 5, 7, 15, 17, 15, 17, 5]]
+    masks = list(_convex_masks(60)) + [square]
+    for m in masks:
+        assert np.array_equal(rasterise(result_files.mask_polygons(m), *m.shape), m.astype(bool))
+
+
+def test_polygons_of_any_shape_rasterise_to_the_filled_mask():
+    rng = np.random.default_rng(1)
+    shapes = []
+    for _ in range(40):  # blobs of smoothed noise: ragged outlines, several parts, holes
+        noise = cv2.GaussianBlur(rng.random((40, 56)).astype(np.float32), (0, 0), float(rng.uniform(1, 3)))
+        shapes.append((noise > np.quantile(noise, rng.uniform(0.5, 0.9))).astype(np.uint8))
+    thin = np.zeros((30, 30), dtype=np.uint8)
+    cv2.line(thin, (0, 29), (29, 3), 1, thickness=1)  # one pixel wide, steps touching at corners
+    shapes += [thin, np.eye(30, dtype=np.uint8), np.ones((30, 30), dtype=np.uint8)]
+    border = np.zeros((30, 30), dtype=np.uint8)
+    border[:12, :5] = border[25:, 20:] = 1
+    shapes.append(border)
+    for m in shapes:
+        got = _coco_rasterised(result_files.mask_polygons(m), *m.shape)
+        # Exact up to holes, so IoU 1 for an instance without holes.
+        assert np.array_equal(got, _filled(m))
+    assert sum(not np.array_equal(_filled(m), m.astype(bool)) for m in shapes) >= 3  # holes were tested
 
 
 def test_instance_png_values_and_overlap(tmp_path):

@@ -8,7 +8,7 @@ score first).
 JSON: {"image": input file name, "height": H, "width": W, "detections": [{"class_name",
 "class_id" (0-based index into the class names), "score", "box" [x1, y1, x2, y2] (pixels),
 "mask": {"rle": COCO RLE {"size": [H, W], "counts": str}, "polygons": [[x0, y0, x1, y1, ...],
-...] (outer contours), "area": pixel count}}, ...]}; "mask" is absent for box-only results.
+...] (outer outlines along pixel edges, see `mask_polygons`), "area": pixel count}}, ...]}; "mask" is absent for box-only results.
 
 PNG: single channel, 16 bit, the image's size; 0 is background and detection i of the JSON list
 (1-based) has value i; where masks overlap, the better-scoring (earlier) detection wins.
@@ -54,15 +54,31 @@ def _binary_masks(masks: ArrayLike) -> np.ndarray:
 
 
 def mask_polygons(mask: np.ndarray) -> List[List[int]]:
-    """Outer contours of a binary mask (ndarray[H, W] uint8 0/1) as flat [x0, y0, x1, y1, ...]
-    pixel lists; contours of fewer than 3 points (lines, single pixels) are left out."""
+    """Outer outlines of a binary mask (ndarray[H, W] uint8 0/1) as flat [x0, y0, x1, y1, ...]
+    lists of pixel corners.
+
+    The outlines run along pixel edges: pixel (x, y) covers [x, x + 1) x [y, y + 1), COCO's
+    convention and data/labelme2coco.py's, so rasterising the polygons the COCO way (pycocotools)
+    gives back the mask's pixels, holes filled. Pixels that touch only at a corner share one outline.
+    """
     x, y, w, h = cv2.boundingRect(mask)
     if w == 0 or h == 0:
         return []
     # Traced inside the mask's bounding rectangle only: a small object in a big photo is cheap.
-    window = np.ascontiguousarray(mask[y:y + h, x:x + w])
-    contours, _ = cv2.findContours(window, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
-    return [c.reshape(-1).tolist() for c in contours if len(c) >= 3]
+    # Each pixel becomes 2 x 2, with a zero frame: the contour of the enlarged mask then runs through
+    # sub-pixels that sit on the pixel edges, and k // 2 (k counted in the frame) is the corner there.
+    window = (mask[y:y + h, x:x + w] != 0).astype(np.uint8)
+    big = np.zeros((2 * h + 2, 2 * w + 2), dtype=np.uint8)
+    big[1:-1, 1:-1] = window.repeat(2, axis=0).repeat(2, axis=1)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        corners = contour.reshape(-1, 2) // 2 + (x, y)
+        # Diagonal steps map two sub-pixels onto one corner.
+        corners = corners[np.any(corners != np.roll(corners, 1, axis=0), axis=1)]
+        if len(corners) >= 3:
+            polygons.append(corners.reshape(-1).tolist())
+    return polygons
 
 
 def detections_to_records(classes: ArrayLike, scores: ArrayLike, boxes: ArrayLike, masks: Optional[ArrayLike],
