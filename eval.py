@@ -87,6 +87,7 @@ class EvalArgs(EvalOptions):
     display_scores: bool = True
     display_lincomb: bool = False
     display_fps: bool = False
+    font: Optional[str] = None
     image: Optional[str] = None
     images: Optional[str] = None
     video: Optional[str] = None
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(p, 'display_lincomb', False, 'also output the mask prototypes of the image')
     add_bool_flag(p, 'display_fps', False, 'draw the processing FPS on video frames', negative='')
     add_bool_flag(p, 'crop', True, 'crop masks with their predicted box', negative='no_crop')
+    p.add_argument('--font', default=None, metavar='PATH',
+                   help='TrueType/OpenType font for class names that are not ASCII (e.g. Chinese); '
+                        'default: the first installed font that has their glyphs')
     p.add_argument('--image', default=None, help='image to process: in[:out]')
     p.add_argument('--images', default=None, help='folder of images to process: in_dir:out_dir')
     p.add_argument('--video', default=None,
@@ -310,7 +314,7 @@ def split_in_out(spec: str) -> Tuple[str, Optional[str]]:
 def inference_options(opts: EvalArgs) -> InferenceOptions:
     draw = DrawOptions(top_k=opts.top_k, score_threshold=opts.score_threshold,
                        display_masks=opts.display_masks, display_bboxes=opts.display_bboxes,
-                       display_text=opts.display_text, display_scores=opts.display_scores)
+                       display_text=opts.display_text, display_scores=opts.display_scores, font=opts.font)
     return InferenceOptions(draw=draw, crop_masks=opts.crop, display_lincomb=opts.display_lincomb,
                             display_fps=opts.display_fps, video_multiframe=opts.video_multiframe,
                             no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks)
@@ -325,6 +329,8 @@ def check_media_inputs(opts: EvalArgs) -> None:
         raise EvalError(f"{' and '.join(saving)} need{'' if len(saving) > 1 else 's'} --image or --images"
                         + (" (they write one file per picture, not per video frame)"
                            if opts.video is not None else ""))
+    if opts.font is not None and not os.path.isfile(opts.font):
+        raise EvalError(f"--font: file not found: {opts.font}")
     if opts.save_masks and opts.detect:
         raise EvalError("--save_masks needs masks; --detect turns the mask branch off")
     if opts.image is not None:

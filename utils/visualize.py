@@ -3,13 +3,20 @@
 Masks are blended with tensor operations on whatever device the image and masks live on (so a GPU
 or NPU does the per-pixel work); boxes and text are drawn with OpenCV on the CPU copy. Images are
 BGR, as OpenCV reads and writes them.
+
+OpenCV's Hershey fonts only have ASCII glyphs (a name like '行人' comes out as '???'), so a label
+that is not ASCII is written with PIL in a TrueType font that has its glyphs: the one given
+(DrawOptions.font, eval.py --font), else the first of matplotlib's DejaVu Sans and the system fonts
+that covers the text. Without one, the class index is drawn instead, and one line says so.
 """
+import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from data.config import COLORS
@@ -54,11 +61,91 @@ def draw_style(height: int, width: int) -> DrawStyle:
                      padding=max(1, round(5 * scale)))
 
 
-def label_size(text: str, style: DrawStyle) -> Tuple[int, int]:
+def _truetype(path: str, style: DrawStyle) -> ImageFont.FreeTypeFont:
+    # A pixel size that matches the Hershey text's height at the same font scale.
+    return _load_truetype(path, max(8, round(30 * style.font_scale)))
+
+
+@functools.lru_cache(maxsize=32)
+def _load_truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:
+        raise ValueError(f"cannot read the font file {path}") from None
+
+
+def _text_extent(text: str, style: DrawStyle, font: Optional[str]) -> Tuple[int, int, int]:
+    """(width, height above the baseline, depth below it) of `text` in pixels: OpenCV's Hershey
+    font, or the TrueType file `font`."""
+    if font is None:
+        (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
+        return text_w, text_h, baseline
+    face = _truetype(font, style)
+    ascent, descent = face.getmetrics()
+    return int(np.ceil(face.getlength(text))), ascent, descent
+
+
+def label_size(text: str, style: DrawStyle, font: Optional[str] = None) -> Tuple[int, int]:
     """(width, height) in pixels of the filled label `draw_label` draws for `text`, padding and
     the descenders below the baseline included."""
-    (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
-    return text_w + 2 * style.padding, text_h + baseline + 2 * style.padding
+    text_w, text_h, depth = _text_extent(text, style, font)
+    return text_w + 2 * style.padding, text_h + depth + 2 * style.padding
+
+
+@functools.lru_cache(maxsize=None)
+def _font_charsets() -> List[Tuple[str, FrozenSet[int]]]:
+    """(path, characters) of the fonts to search, matplotlib's DejaVu Sans first, then the system's
+    by path. Read once, when a label first needs a font."""
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    bundled = font_manager.findfont('DejaVu Sans', fallback_to_default=True)
+    paths = [bundled] + sorted(p for p in font_manager.findSystemFonts() if p != bundled)
+    found = []
+    for path in paths:
+        try:
+            with TTFont(path, fontNumber=0, lazy=True) as face:
+                found.append((path, frozenset(face.getBestCmap() or ())))
+        except Exception:  # a broken or unsupported file is simply not a candidate
+            continue
+    return found
+
+
+def covers(font: str, text: str) -> bool:
+    """Whether the TrueType/OpenType file `font` has a glyph for every character of `text`."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(font, fontNumber=0, lazy=True) as face:
+            cmap = face.getBestCmap() or {}
+    except Exception:
+        raise ValueError(f"cannot read the font file {font}") from None
+    return all(ord(ch) in cmap for ch in text)
+
+
+_warned_no_font = set()
+
+
+@functools.lru_cache(maxsize=1024)
+def label_font(text: str, font: Optional[str] = None) -> Optional[str]:
+    """The font file to write the non-ASCII `text` with: `font` if it has the glyphs, else the
+    first searched font that has them; None (after one printed line per font setting) if none has."""
+    if font is not None:
+        if covers(font, text):
+            return font
+        candidates = []
+    else:
+        candidates = _font_charsets()
+    needed = {ord(ch) for ch in text}
+    for path, charset in candidates:
+        if needed <= charset:
+            return path
+    if font not in _warned_no_font:
+        _warned_no_font.add(font)
+        what = f'the font {font} lacks' if font is not None else 'no installed font has'
+        print(f"Labels: {what} the glyphs of {text!r}; drawing class indices instead "
+              f"(install a font that has them, e.g. fonts-noto-cjk, or pass --font PATH).")
+    return None
 
 
 @dataclass
@@ -67,6 +154,8 @@ class DrawOptions:
 
     class_color: colour by class (True) or by rank of the detection in the image (False).
     mask_alpha: opacity of the mask colour.
+    font: TrueType/OpenType file for class names that are not ASCII (eval.py --font); None: search
+        matplotlib's and the system's fonts (see the module docstring).
     """
     top_k: int = 5
     score_threshold: float = 0.0
@@ -76,6 +165,7 @@ class DrawOptions:
     display_scores: bool = True
     class_color: bool = True
     mask_alpha: float = 0.45
+    font: Optional[str] = None
 
 
 def detection_color(class_idx: int, rank: int, class_color: bool) -> Tuple[int, int, int]:
@@ -127,21 +217,30 @@ def draw_fps_text(image: np.ndarray, text: str) -> None:
 
 
 def draw_label(image: np.ndarray, text: str, x1: int, y1: int, color: Tuple[int, int, int],
-               style: Optional[DrawStyle] = None) -> None:
+               style: Optional[DrawStyle] = None, font: Optional[str] = None) -> None:
     """A filled label with white text sitting on the top edge of a box, in place.
 
     Where there is no room above the box (an object at the top of the image) the label hangs
     below the edge instead, and it is moved left to stay inside the image.
     style: default `draw_style` of the image.
+    font: a TrueType file to write the text with (PIL); None: OpenCV's Hershey font (ASCII only).
     """
     style = style or draw_style(image.shape[0], image.shape[1])
-    label_w, label_h = label_size(text, style)
-    (_, text_h), _ = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
+    label_w, label_h = label_size(text, style, font)
     left = max(min(x1, image.shape[1] - label_w), 0)
     top = y1 - label_h if y1 - label_h >= 0 else y1
     cv2.rectangle(image, (left, top), (left + label_w - 1, top + label_h - 1), color, -1)
-    cv2.putText(image, text, (left + style.padding, top + style.padding + text_h), FONT, style.font_scale,
-                TEXT_COLOR, style.text_thickness, cv2.LINE_AA)
+    if font is None:
+        text_h = _text_extent(text, style, None)[1]
+        cv2.putText(image, text, (left + style.padding, top + style.padding + text_h), FONT, style.font_scale,
+                    TEXT_COLOR, style.text_thickness, cv2.LINE_AA)
+        return
+    # Only the label's own pixels go through PIL.
+    bottom, right = min(top + label_h, image.shape[0]), min(left + label_w, image.shape[1])
+    region = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right]))
+    ImageDraw.Draw(region).text((style.padding, style.padding), text, font=_truetype(font, style),
+                                fill=TEXT_COLOR, anchor='la')
+    image[top:bottom, left:right] = np.asarray(region)
 
 
 def draw_detections(image: Union[Tensor, np.ndarray], classes: Tensor, scores: Tensor, boxes: Tensor,
@@ -189,8 +288,11 @@ def draw_detections(image: Union[Tensor, np.ndarray], classes: Tensor, scores: T
             cv2.rectangle(out, (x1, y1), (x2, y2), colors[j], style.line_thickness)
         if opts.display_text:
             name = class_names[classes_np[j]] if classes_np[j] < len(class_names) else str(classes_np[j])
+            font = None if name.isascii() else label_font(name, opts.font)
+            if font is None and not name.isascii():
+                name = str(classes_np[j])
             text = f'{name}: {scores_np[j]:.2f}' if opts.display_scores else name
-            draw_label(out, text, x1, y1, colors[j], style)
+            draw_label(out, text, x1, y1, colors[j], style, font)
     return out
 
 
