@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from backbone import DCN
 from data.coco import COCODetection, DatasetFileNotFoundError, DatasetFormatError, coco_dataset_paths
-from data.config import MEANS, STD, Config, ConfigError, activation_func, cfg, set_cfg
+from data.config import MEANS, STD, Config, ConfigError, activation_func, own_config, set_cfg
 from layers.box_utils import decode
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
@@ -154,11 +154,13 @@ def _activation_name(fn: Any) -> str:
 
 
 def export_metadata(image_size: int, maskiou_file: Optional[str] = None,
-                    dynamic_batch: bool = False, precision: str = 'fp32') -> Dict[str, Any]:
-    """What utils/onnx_postprocess needs to pre- and post-process a model of the active config
-    exported for image_size x image_size input (stored in the exported file), and what eval.py
-    needs to evaluate the file: config name, class names and their COCO category ids, precision
-    ('fp32' or 'int8')."""
+                    dynamic_batch: bool = False, precision: str = 'fp32',
+                    config: Optional[Config] = None) -> Dict[str, Any]:
+    """What utils/onnx_postprocess needs to pre- and post-process a model of `config` (the
+    network's, net.config; default: the active cfg) exported for image_size x image_size input
+    (stored in the exported file), and what eval.py needs to evaluate the file: config name, class
+    names and their COCO category ids, precision ('fp32' or 'int8')."""
+    cfg = own_config(config)
     transform = cfg.backbone.transform
     label_map = cfg.dataset.label_map
     return {
@@ -206,7 +208,7 @@ def _maskiou_example(model: ExportableYolact, proto: torch.Tensor) -> torch.Tens
             model.maskiou_net(masks)
     except RuntimeError as err:
         # Its unpadded stride-2 convs need prototypes of at least 63 x 63 (input >= 252 pixels).
-        raise ExportError(f"the mask-IoU head of '{cfg.name}' cannot run on "
+        raise ExportError(f"the mask-IoU head of '{model.net.config.name}' cannot run on "
                           f"{proto.shape[1]}x{proto.shape[2]} prototypes (input size "
                           f"{model.image_size}): use a larger --image_size ({err})") from None
     return masks
@@ -220,7 +222,7 @@ def resolve_opset(model: ExportableYolact, opset: Optional[int]) -> int:
     if opset is None:
         return DEFORM_CONV_MIN_OPSET if deformable else DEFAULT_OPSET
     if deformable and opset < DEFORM_CONV_MIN_OPSET:
-        raise ExportError(f"config '{cfg.name}' uses deformable convolutions (YOLACT++, "
+        raise ExportError(f"config '{model.net.config.name}' uses deformable convolutions (YOLACT++, "
                           f"torchvision deform_conv2d); ONNX has DeformConv only from opset "
                           f"{DEFORM_CONV_MIN_OPSET} on, so it cannot be exported at opset {opset}: "
                           f"use --opset {DEFORM_CONV_MIN_OPSET} or newer (or --format torchscript)")
@@ -284,7 +286,7 @@ def export_onnx(model: ExportableYolact, path: str, opset: Optional[int] = None,
         written.append(maskiou_file)
 
     metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file),
-                               dynamic_batch)
+                               dynamic_batch, config=model.net.config)
     _onnx_export(model, example, path, opset, INPUT_NAME, OUTPUT_NAMES,
                  'batch' if dynamic_batch else None, metadata)
     return written
@@ -525,7 +527,7 @@ def export_torchscript(model: ExportableYolact, path: str) -> List[str]:
         written.append(maskiou_file)
 
     metadata = export_metadata(model.image_size, maskiou_file and os.path.basename(maskiou_file),
-                               dynamic_batch=True)
+                               dynamic_batch=True, config=model.net.config)
     with _quiet_jit():
         torch.jit.save(_trace(model, example), path,
                        _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
