@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import torch.utils.data as data
 from pycocotools import mask as mask_utils
 
-from .config import Config, dataset_base
+from .config import Config, dataset_base, own_config
 
 __all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
            'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
@@ -171,7 +171,8 @@ class COCODetection(data.Dataset):
             ``COCOAnnotationTransform`` with this dataset's label map.
         dataset_name: a name for messages.
         has_gt: False for image-only files (test-dev): every image is listed, targets are empty.
-        config: the model config (e.g. what `set_cfg` returns); label_map and num_classes default to
+        config: the model config (e.g. what `set_cfg` returns; default: the active cfg, as the
+            original's call without it); label_map and num_classes default to
             ``get_label_map(config.dataset)`` and ``config.num_classes`` (read once here).
         label_map, num_classes: given, they override the config's (then config may be None).
         resample_seed: seeds the choice of replacement for an unusable sample.
@@ -193,8 +194,8 @@ class COCODetection(data.Dataset):
         self.name = dataset_name
         self.has_gt = has_gt
         self.transform = transform
-        if config is None and (label_map is None or num_classes is None):
-            raise ValueError("COCODetection needs config=... (or both label_map and num_classes)")
+        if label_map is None or num_classes is None:
+            config = own_config(config)
         self.label_map = get_label_map(config.dataset) if label_map is None else dict(label_map)
         self._label_map_source = (f"label map of cfg.dataset '{config.dataset.name}'" if label_map is None
                                   else 'label map given to COCODetection')

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from data.coco import COCODetection
 from data.config import MEANS, STD, cfg, config_for, set_cfg
 from layers.functions.detection import Detect
 from layers.modules.multibox_loss import MultiBoxLoss
 from layers.output_utils import postprocess
 from tests.test_config import restore_cfg  # noqa: F401 (restore_cfg: autouse fixture)
-from utils.augmentations import BaseTransform, FastBaseTransform
+from utils.augmentations import BaseTransform, FastBaseTransform, SSDAugmentation
 from yolact import Yolact
 
 DEMO = 'yolact_resnet18_synthetic_config'
@@ -127,3 +128,19 @@ def test_loss_and_detect_default_to_the_active_config():
     set_cfg('yolact_base_config')
     assert (detect.max_size, detect.max_num_detections) == (160, 100)
     assert Detect(81, 0, 200, 0.05, 0.5).max_size == 550
+
+
+def test_datasets_as_the_original_train_py_builds_them(synthetic_paths):
+    set_cfg(DEMO)
+    original = COCODetection(image_path=synthetic_paths.valid_images, info_file=synthetic_paths.valid_info,
+                             transform=BaseTransform(MEANS))
+    train = COCODetection(image_path=synthetic_paths.train_images, info_file=synthetic_paths.train_info,
+                          transform=SSDAugmentation(MEANS))
+    set_cfg('yolact_base_config')
+    config = config_for(DEMO)
+    explicit = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info,
+                             transform=BaseTransform(config), config=config)
+    got, want = original.pull_item(0), explicit.pull_item(0)
+    assert got[0].shape == (3, 160, 160) and torch.equal(got[0], want[0])
+    assert np.array_equal(got[1], want[1]) and original.num_classes == 7
+    assert train[0][0].shape == (3, 160, 160)  # still the demo's size after set_cfg
