@@ -58,7 +58,7 @@ from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.
 from utils.functions import SavePath
 from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage, evalimages, evalvideo, open_video
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
-from utils.visualize import DrawOptions
+from utils.visualize import DrawOptions, covers
 from yolact import load_model, use_checkpoint_classes
 
 
@@ -329,8 +329,13 @@ def check_media_inputs(opts: EvalArgs) -> None:
         raise EvalError(f"{' and '.join(saving)} need{'' if len(saving) > 1 else 's'} --image or --images"
                         + (" (they write one file per picture, not per video frame)"
                            if opts.video is not None else ""))
-    if opts.font is not None and not os.path.isfile(opts.font):
-        raise EvalError(f"--font: file not found: {opts.font}")
+    if opts.font is not None:
+        if not os.path.isfile(opts.font):
+            raise EvalError(f"--font: file not found: {opts.font}")
+        try:
+            covers(opts.font, '')
+        except ValueError as err:
+            raise EvalError(f"--font: {err}") from None
     if opts.save_masks and opts.detect:
         raise EvalError("--save_masks needs masks; --detect turns the mask branch off")
     if opts.image is not None:

@@ -50,12 +50,12 @@ def test_non_ascii_names_are_written_with_their_glyphs(name):
 
 
 def test_explicit_font_is_used(monkeypatch):
-    monkeypatch.setattr(visualize, '_font_charsets', lambda: [])  # nothing found by searching
+    monkeypatch.setattr(visualize, '_font_paths', lambda: ())  # nothing found by searching
     assert not np.array_equal(_draw(('café',), font=DEJAVU), _draw(('0',)))
 
 
 def test_without_a_font_the_class_index_is_drawn_and_said_once(monkeypatch, capsys):
-    monkeypatch.setattr(visualize, '_font_charsets', lambda: [])
+    monkeypatch.setattr(visualize, '_font_paths', lambda: ())
     first = _draw(('行人',))
     assert np.array_equal(first, _draw(('0',)))
     _draw(('瓶子',))
@@ -83,4 +83,7 @@ def test_unreadable_font_is_one_line_errors(tmp_path):
         _draw(('café',), font=str(bad))
     opts = eval_script.parse_args(['--image', str(bad), '--font', str(tmp_path / 'missing.ttf')])
     with pytest.raises(eval_script.EvalError, match='--font: file not found'):
+        eval_script.check_media_inputs(opts)
+    opts.font = str(bad)
+    with pytest.raises(eval_script.EvalError, match='--font: cannot read the font file'):
         eval_script.check_media_inputs(opts)

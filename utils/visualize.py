@@ -11,7 +11,7 @@ that covers the text. Without one, the class index is drawn instead, and one lin
 """
 import functools
 from dataclasses import dataclass
-from typing import FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import FrozenSet, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -93,34 +93,39 @@ def label_size(text: str, style: DrawStyle, font: Optional[str] = None) -> Tuple
 
 
 @functools.lru_cache(maxsize=None)
-def _font_charsets() -> List[Tuple[str, FrozenSet[int]]]:
-    """(path, characters) of the fonts to search, matplotlib's DejaVu Sans first, then the system's
-    by path. Read once, when a label first needs a font."""
-    from fontTools.ttLib import TTFont
+def _font_paths() -> Tuple[str, ...]:
+    """The fonts to search, matplotlib's DejaVu Sans first, then the system's by path."""
     from matplotlib import font_manager
 
     bundled = font_manager.findfont('DejaVu Sans', fallback_to_default=True)
-    paths = [bundled] + sorted(p for p in font_manager.findSystemFonts() if p != bundled)
-    found = []
-    for path in paths:
-        try:
-            with TTFont(path, fontNumber=0, lazy=True) as face:
-                found.append((path, frozenset(face.getBestCmap() or ())))
-        except Exception:  # a broken or unsupported file is simply not a candidate
-            continue
-    return found
+    return (bundled,) + tuple(sorted(p for p in font_manager.findSystemFonts() if p != bundled))
 
 
-def covers(font: str, text: str) -> bool:
-    """Whether the TrueType/OpenType file `font` has a glyph for every character of `text`."""
+@functools.lru_cache(maxsize=None)
+def _charset(font: str) -> FrozenSet[int]:
+    """The characters (code points) the font file `font` has glyphs for (its first face)."""
     from fontTools.ttLib import TTFont
 
     try:
         with TTFont(font, fontNumber=0, lazy=True) as face:
-            cmap = face.getBestCmap() or {}
-    except Exception:
+            return frozenset(face.getBestCmap() or ())
+    except Exception:  # fontTools raises many kinds for a file that is no font it can read
         raise ValueError(f"cannot read the font file {font}") from None
-    return all(ord(ch) in cmap for ch in text)
+
+
+def covers(font: str, text: str) -> bool:
+    """Whether the TrueType/OpenType file `font` has a glyph for every character of `text`."""
+    return {ord(ch) for ch in text} <= _charset(font)
+
+
+def _searched_font(text: str) -> Optional[str]:
+    for path in _font_paths():
+        try:
+            if covers(path, text):
+                return path
+        except ValueError:  # a broken system font is simply no candidate
+            continue
+    return None
 
 
 _warned_no_font = set()
@@ -128,18 +133,12 @@ _warned_no_font = set()
 
 @functools.lru_cache(maxsize=1024)
 def label_font(text: str, font: Optional[str] = None) -> Optional[str]:
-    """The font file to write the non-ASCII `text` with: `font` if it has the glyphs, else the
-    first searched font that has them; None (after one printed line per font setting) if none has."""
-    if font is not None:
-        if covers(font, text):
-            return font
-        candidates = []
-    else:
-        candidates = _font_charsets()
-    needed = {ord(ch) for ch in text}
-    for path, charset in candidates:
-        if needed <= charset:
-            return path
+    """The font file to write the non-ASCII `text` with: `font` if given and it has the glyphs, else
+    (no `font`) the first of `_font_paths` that has them; None, after one printed line per font
+    setting, when there is none. Fonts are read only until one has the glyphs, each once."""
+    found = (font if covers(font, text) else None) if font is not None else _searched_font(text)
+    if found is not None:
+        return found
     if font not in _warned_no_font:
         _warned_no_font.add(font)
         what = f'the font {font} lacks' if font is not None else 'no installed font has'
