@@ -4,8 +4,8 @@ Module and parameter names follow the original repository exactly, so its publis
 (yolact_base_54_800000.pth, yolact_plus_base_54_800000.pth, ...) load without renaming.
 The network keeps a copy of the config it is given (``Yolact(set_cfg('yolact_base'))``, or the
 original's ``set_cfg('yolact_base'); Yolact()``, which copies the active `cfg`), so a later
-`set_cfg` changes nothing in a network already built; the device of every tensor it creates follows its parameters
-(no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
+`set_cfg` changes nothing in a network already built; the device of every tensor it creates
+follows its parameters (no `.cuda()`), and nothing is TorchScript (ONNX export, torch_npu).
 """
 import math
 import os
@@ -231,7 +231,8 @@ class FastMaskIoUNet(nn.Module):
 
 class Yolact(nn.Module):
     """YOLACT / YOLACT++ as configured by `config` (e.g. what `set_cfg` returns; default: the active
-    `cfg`), of which it keeps a copy as `self.config`; `self.mask_dim` is the number of prototypes, from the protonet's last layer.
+    `cfg`), of which it keeps a copy as `self.config`; `self.mask_dim` is the number of prototypes,
+    from the protonet's last layer.
 
     In train mode `forward(x)` returns the raw outputs: loc (Tensor[B, P, 4]) box offsets,
     conf (Tensor[B, P, C]) class logits, mask (Tensor[B, P, K]) coefficients, priors
