@@ -1,6 +1,7 @@
 """Turn `Detect`'s output into image-space results: pixel boxes and full-size binary masks.
 
-Also `undo_image_transformation`, which maps a network input tensor back to a displayable image.
+Also `undo_image_transformation`, which maps a network input tensor back to a displayable image,
+and `prototype_mosaic`, which lays the mask prototypes out as one.
 """
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -174,7 +175,6 @@ def postprocess(det_output: List[Dict], w: int, h: int, batch_idx: int = 0,
             raise ValueError(f"postprocess only supports cfg.mask_type == mask_type.lincomb "
                              f"({mask_type.lincomb}), got {cfg.mask_type}")
         if visualize_lincomb:
-            from utils.visualize import prototype_mosaic  # drawing code stays out of the layers' imports
             cv2.imshow('prototypes', prototype_mosaic(dets['proto']))
         # Assemble each mask from the prototypes: [H, W, M] @ [M, D] -> [H, W, D]
         masks = cfg.mask_proto_mask_activation(dets['proto'] @ coeffs.t())
@@ -217,3 +217,24 @@ def undo_image_transformation(img: Tensor, w: int, h: int, transform: Any = None
         pixels = (pixels + means) / 255.0
     pixels = np.clip(pixels, 0, 1)
     return cv2.resize(pixels, (w, h))
+
+
+def prototype_mosaic(proto: Tensor, columns: int = 8) -> np.ndarray:
+    """The mask prototypes side by side, each scaled to 0..255 on its own (for --display_lincomb).
+
+    Args:
+        proto (Tensor[H, W, M]).
+    Returns:
+        ndarray[rows * H, columns * W] uint8, rows = ceil(M / columns).
+    """
+    h, w, m = proto.shape
+    columns = max(1, min(columns, m))
+    rows = -(-m // columns)
+    p = proto.detach().float().permute(2, 0, 1)  # [M, H, W]
+    low = p.flatten(1).min(dim=1).values[:, None, None]
+    high = p.flatten(1).max(dim=1).values[:, None, None]
+    p = (p - low) / (high - low).clamp(min=1e-6)
+    grid = torch.zeros(rows * columns, h, w, dtype=p.dtype, device=p.device)
+    grid[:m] = p
+    grid = grid.view(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
+    return (grid * 255).round().to(torch.uint8).cpu().numpy()

@@ -6,6 +6,7 @@ import torch
 
 from data.coco import COCODetection
 from data.config import MEANS, STD, cfg, config_for, set_cfg
+from layers import output_utils
 from layers.functions.detection import Detect
 from layers.modules.multibox_loss import MultiBoxLoss
 from layers.output_utils import postprocess
@@ -144,3 +145,17 @@ def test_datasets_as_the_original_train_py_builds_them(synthetic_paths):
     assert got[0].shape == (3, 160, 160) and torch.equal(got[0], want[0])
     assert np.array_equal(got[1], want[1]) and original.num_classes == 7
     assert train[0][0].shape == (3, 160, 160)  # still the demo's size after set_cfg
+
+
+def test_visualize_lincomb_shows_the_prototypes(demo_checkpoint, frame, monkeypatch):
+    shown = []
+    monkeypatch.setattr(output_utils.cv2, 'imshow', lambda title, image: shown.append((title, image)))
+    set_cfg(DEMO)
+    net = Yolact()
+    net.load_weights(demo_checkpoint)
+    net.eval()
+    with torch.no_grad():
+        preds = net(FastBaseTransform()(torch.from_numpy(frame).float()[None]))
+    postprocess(preds, 130, 90, visualize_lincomb=True)
+    proto = preds[0]['detection']['proto']
+    assert len(shown) == 1 and np.array_equal(shown[0][1], output_utils.prototype_mosaic(proto))

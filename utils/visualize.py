@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from data.config import COLORS
+from layers.output_utils import prototype_mosaic  # noqa: F401 (re-exported: it used to live here)
 
 FONT = cv2.FONT_HERSHEY_DUPLEX
 TEXT_COLOR = (255, 255, 255)
@@ -293,27 +294,6 @@ def draw_detections(image: Union[Tensor, np.ndarray], classes: Tensor, scores: T
             text = f'{name}: {scores_np[j]:.2f}' if opts.display_scores else name
             draw_label(out, text, x1, y1, colors[j], style, font)
     return out
-
-
-def prototype_mosaic(proto: Tensor, columns: int = 8) -> np.ndarray:
-    """The mask prototypes side by side, each scaled to 0..255 on its own (for --display_lincomb).
-
-    Args:
-        proto (Tensor[H, W, M]).
-    Returns:
-        ndarray[rows * H, columns * W] uint8, rows = ceil(M / columns).
-    """
-    h, w, m = proto.shape
-    columns = max(1, min(columns, m))
-    rows = -(-m // columns)
-    p = proto.detach().float().permute(2, 0, 1)  # [M, H, W]
-    low = p.flatten(1).min(dim=1).values[:, None, None]
-    high = p.flatten(1).max(dim=1).values[:, None, None]
-    p = (p - low) / (high - low).clamp(min=1e-6)
-    grid = torch.zeros(rows * columns, h, w, dtype=p.dtype, device=p.device)
-    grid[:m] = p
-    grid = grid.view(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
-    return (grid * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def image_grid(images: Sequence[np.ndarray], columns: int = 4, size: int = 256, gap: int = 4) -> np.ndarray:
