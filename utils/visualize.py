@@ -130,6 +130,8 @@ def _searched_font(text: str) -> Optional[str]:
 
 
 _warned_no_font = set()
+# What a label adds to the class name (the score); the chosen font must have these glyphs too.
+SCORE_CHARACTERS = ': 0123456789.'
 
 
 @functools.lru_cache(maxsize=1024)
@@ -137,7 +139,8 @@ def label_font(text: str, font: Optional[str] = None) -> Optional[str]:
     """The font file to write the non-ASCII `text` with: `font` if given and it has the glyphs, else
     (no `font`) the first of `_font_paths` that has them; None, after one printed line per font
     setting, when there is none. Fonts are read only until one has the glyphs, each once."""
-    found = (font if covers(font, text) else None) if font is not None else _searched_font(text)
+    needed = text + SCORE_CHARACTERS
+    found = (font if covers(font, needed) else None) if font is not None else _searched_font(needed)
     if found is not None:
         return found
     if font not in _warned_no_font:
