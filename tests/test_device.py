@@ -90,7 +90,7 @@ class FakeCpu:
 @pytest.mark.parametrize('kind, ratio, want, probed', [
     ('amx', 0.5, torch.bfloat16, True),
     ('avx512-bf16', 0.7, torch.bfloat16, True),
-    ('amx', 2.4, None, True),  # flags say native, but oneDNN is capped (ONEDNN_MAX_CPU_ISA): emulated
+    ('amx', 2.4, None, True),  # native, but slower at this shape (the demo's training step on AMX)
     ('amx', 0.95, None, True),  # no real gain (e.g. a small input): float32
     ('avx512', 0.5, None, False),  # _is_mkldnn_bf16_supported() is True here, bf16 emulated: no probe
     ('avx2', 0.5, None, False),
@@ -139,10 +139,25 @@ def test_probe_verdict_is_cached_per_cpu_and_shape(monkeypatch, tmp_path):
     assert not bf16_verdict(shape, cache_file=cache).native
     assert len(cpu.calls) == 3
     monkeypatch.setattr(utils.device, '_VERDICTS', {})
-    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE_VNNI')  # a capped oneDNN is another key
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE_BF16')  # a capped oneDNN is another key
     bf16_verdict(shape, cache_file=cache)
     assert len(cpu.calls) == 4
     assert len(json.loads((tmp_path / 'cpu_speed.json').read_text())) == 4
+
+
+@pytest.mark.parametrize('cap, native', [('AVX512_CORE_VNNI', False), ('avx2', False),
+                                         ('AVX512_CORE_AMX', True), ('ALL', True)])
+def test_onednn_cap_below_bf16_is_float32_without_a_probe(monkeypatch, cap, native):
+    """The emulation of the AVX-512-without-bf16 kind on an AMX machine: the flags still say bf16."""
+    from utils.device import autocast_dtype
+    cpu = FakeCpu(monkeypatch, 'amx', 0.5)
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', cap)
+    notes = []
+    assert autocast_dtype(CPU, True, notify=notes.append) == (torch.bfloat16 if native else None)
+    assert bool(cpu.calls) is native
+    if not native:
+        assert notes == [f'--amp: float32 (no native bf16: oneDNN is capped at {cap.upper()} '
+                         f'(ONEDNN_MAX_CPU_ISA); --amp_dtype bf16 forces bfloat16)']
 
 
 def test_cache_location_follows_env(monkeypatch, tmp_path):

@@ -96,6 +96,9 @@ def cpu_capability() -> str:
 NATIVE_BF16_FLAGS = {'amx_bf16': 'AMX-BF16', 'avx512_bf16': 'AVX512-BF16'}
 # Environment variables that cap the instructions oneDNN, ATen or MKL use: part of the probe's key.
 ISA_CAPS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'ATEN_CPU_CAPABILITY', 'MKL_ENABLE_INSTRUCTIONS')
+# ONEDNN_MAX_CPU_ISA values that stop oneDNN short of its bf16 instructions: bf16 is then emulated
+# whatever the flags say (the flags describe the CPU, the cap what oneDNN may use of it).
+ONEDNN_ISAS_WITHOUT_BF16 = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2', 'AVX512_CORE', 'AVX512_CORE_VNNI')
 # bf16 is picked only where the probe runs it in at most this share of the float32 time: a ratio
 # near 1 is within the probe's noise and buys nothing for the precision it costs.
 BF16_MAX_RATIO = 0.9
@@ -161,15 +164,16 @@ class ProbeShape(NamedTuple):
 INFERENCE_550 = ProbeShape()  # eval at the original configs' input size: the default shape
 
 
-def probe_bf16_ratio(shape: ProbeShape, budget_s: float = 0.4) -> float:
-    """Time a ResNet stem (7x7/2 conv, pool, 3x3 convs at strides 4, 8 and 16) in bfloat16 autocast
+def probe_bf16_ratio(shape: ProbeShape, budget_s: float = 0.3) -> float:
+    """Time a ResNet stem (7x7/2 conv, pool, 3x3 convs at strides 4 and 8) in bfloat16 autocast
     and in float32 on `shape`'s input, forward (and backward when training), alternating, best of
-    each, for about 2 x `budget_s` after one warm-up each; -> bf16 time / float32 time.
+    each, for about 2 x `budget_s` (at least 2 rounds) after one warm-up each; -> bf16 time /
+    float32 time.
 
     Small inputs matter: on an AMX CPU a 160 px batch of 1 runs slower in bf16 (per-call overhead),
     a batch of 8 faster, so the shape is the run's own."""
     gen = torch.Generator().manual_seed(0)
-    widths = (3, 32, 64, 128, 256)
+    widths = (3, 32, 64, 128)
     layers: List[nn.Module] = [nn.Conv2d(3, 32, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
     for cin, cout in zip(widths[1:], widths[2:]):
         layers += [nn.Conv2d(cin, cin, 3, 1, 1), nn.ReLU(), nn.Conv2d(cin, cout, 3, 2, 1), nn.ReLU()]
@@ -188,7 +192,7 @@ def probe_bf16_ratio(shape: ProbeShape, budget_s: float = 0.4) -> float:
     step(True)
     best = {False: float('inf'), True: float('inf')}
     spent, rounds = 0.0, 0
-    while rounds < 3 or (spent < 2 * budget_s and rounds < 20):
+    while rounds < 2 or (spent < 2 * budget_s and rounds < 20):
         for bf16 in (False, True):
             took = step(bf16)
             best[bf16] = min(best[bf16], took)
@@ -232,10 +236,11 @@ def bf16_verdict(shape: ProbeShape = INFERENCE_550, probe: Optional[Callable[[Pr
                  cache_file: Optional[str] = None) -> Bf16Verdict:
     """Whether `--amp` should run bfloat16 on this CPU for inputs of `shape`.
 
-    Native only where the CPU flags have AVX512_BF16 or AMX-BF16 and PyTorch runs its AVX-512
-    kernels; then a probe (`probe_bf16_ratio`, about a second) must find bf16 at most
-    BF16_MAX_RATIO of the float32 time: it catches oneDNN capped below its bf16 instructions
-    (ONEDNN_MAX_CPU_ISA), which the flags cannot show, and shapes too small to gain. Its verdict is
+    Native only where the CPU flags have AVX512_BF16 or AMX-BF16, PyTorch runs its AVX-512 kernels
+    and no ONEDNN_MAX_CPU_ISA cap stops oneDNN below its bf16 instructions; then a probe (`probe_bf16_ratio`, about a second) must find bf16 at most
+    BF16_MAX_RATIO of the float32 time: it catches shapes too small to gain (on an AMX CPU the
+    demo's 160 px training step runs several times slower in bf16) and slow paths the flags
+    cannot show. Its verdict is
     kept in `speed_cache_file()` under `probe_key(shape)` and read by later runs.
     """
     probe = probe or probe_bf16_ratio
@@ -245,6 +250,9 @@ def bf16_verdict(shape: ProbeShape = INFERENCE_550, probe: Optional[Callable[[Pr
     capability = cpu_capability()
     if not capability.startswith('AVX512'):
         return Bf16Verdict(False, f'no native bf16: PyTorch runs {capability} kernels here')
+    cap = _onednn_cap()
+    if cap in ONEDNN_ISAS_WITHOUT_BF16:
+        return Bf16Verdict(False, f'no native bf16: oneDNN is capped at {cap} (ONEDNN_MAX_CPU_ISA)')
     cache_file = cache_file or speed_cache_file()
     key = probe_key(shape)
     memo = _VERDICTS.get(cache_file + key)
@@ -313,11 +321,16 @@ def grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.amp.GradScaler(device.type)
 
 
+def _onednn_cap() -> str:
+    """The ISA cap oneDNN was given in the environment ('' for none), upper case."""
+    return (os.environ.get('ONEDNN_MAX_CPU_ISA') or os.environ.get('DNNL_MAX_CPU_ISA') or '').upper()
+
+
 def conv_isa() -> str:
     """The widest vector ISA oneDNN's convolutions use here, 'AVX512' or what is below it: PyTorch's
     capability, lowered by a cap in ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA (e.g. AVX2)."""
     capability = cpu_capability()
-    cap = (os.environ.get('ONEDNN_MAX_CPU_ISA') or os.environ.get('DNNL_MAX_CPU_ISA') or '').upper()
+    cap = _onednn_cap()
     if cap and cap != 'ALL' and not cap.startswith('AVX512'):
         return cap
     return capability
