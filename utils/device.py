@@ -177,8 +177,10 @@ def probe_bf16_ratio(shape: ProbeShape, budget_s: float = 0.3) -> float:
     layers: List[nn.Module] = [nn.Conv2d(3, 32, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
     for cin, cout in zip(widths[1:], widths[2:]):
         layers += [nn.Conv2d(cin, cin, 3, 1, 1), nn.ReLU(), nn.Conv2d(cin, cout, 3, 2, 1), nn.ReLU()]
+    # Channels-last, as YOLACT runs on the CPUs that get here (prefers_channels_last: AVX-512).
     net = nn.Sequential(*layers).train(shape.training).requires_grad_(shape.training)
-    x = torch.randn(shape.batch, 3, shape.size, shape.size, generator=gen)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(shape.batch, 3, shape.size, shape.size, generator=gen).to(memory_format=torch.channels_last)
 
     def step(bf16: bool) -> float:
         start = time.perf_counter()
