@@ -39,6 +39,7 @@ from utils.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_c
 from utils.device import (
     AMP_CHOICES,
     DeviceError,
+    ProbeShape,
     autocast_dtype,
     default_device_type,
     prefers_channels_last,
@@ -398,7 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             net = load_exported(opts.trained_model, session, meta)
         else:
             net = load_model(opts.trained_model, device, cfg)
-        if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None) is not None):
+        if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None,
+                                                       shape=ProbeShape(size=cfg.max_size)) is not None):
             net = net.to(memory_format=torch.channels_last)  # same results, faster convs here
         if opts.compile:
             net.compile_network()

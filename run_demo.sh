@@ -34,7 +34,7 @@ PY=.venv/bin/python
 step "2/5 synthetic dataset in $DEMO_DATA ($DEMO_TRAIN train / $DEMO_VAL val images)"
 $PY -m data.synthetic --out "$DEMO_DATA" --train "$DEMO_TRAIN" --val "$DEMO_VAL"
 
-step "3/5 training $CONFIG on the CPU (--amp: bf16 where the CPU has it natively, else float32)"
+step "3/5 training $CONFIG on the CPU (--amp: bf16 where the CPU runs it natively and faster at this size, else float32)"
 weights="$DEMO_OUT/weights"
 logs="$DEMO_OUT/logs"
 if [ "${DEMO_FRESH:-0}" = 1 ]; then rm -rf "$weights" "$logs"; fi

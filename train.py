@@ -34,6 +34,7 @@ from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
 from utils.device import (
     AMP_CHOICES,
     DeviceError,
+    ProbeShape,
     autocast_dtype,
     default_device_type,
     grad_scaler,
@@ -403,9 +404,11 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     net.to(device)
 
     sched_optimizer = build_optimizer(net, sched)
-    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype,
-                               notify=print if info.is_main else None)
-    if prefers_channels_last(device, amp_dtype is not None, training=True):
+    say = print if info.is_main else None
+    # Rank 0's choice everywhere: a CPU probe on each rank could disagree, and DDP needs one dtype.
+    amp_dtype = broadcast_from_rank0(autocast_dtype(device, args.amp, args.amp_dtype, notify=say,
+                                                    shape=ProbeShape(args.batch_size, cfg.max_size, training=True)))
+    if prefers_channels_last(device, amp_dtype is not None, training=True, notify=say):
         net.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same
     scaler = grad_scaler(device, amp_dtype)
 

@@ -8,18 +8,19 @@ Rows (see benchmarks/README.md for what each one times):
   eval_base_fp32 / eval_base_amp       yolact_base, batch 1, 550x550: forward + Detect + postprocess
   eval_r50_fp32 / eval_r50_amp         the same for yolact_resnet50
   train_base_fp32 / train_base_amp     yolact_base, batch 2: forward + MultiBoxLoss + backward + SGD step
-  train_demo_fp32                      the demo config, batch 8 at 160 px (not in the default rows)
+  train_demo_fp32 / train_demo_amp     the demo config, batch 8 at 160 px (not in the default rows)
   detect                               Detect (decode, threshold, Fast NMS, top 100) on 19248 x 81 scores
   runtime_base_fp32 / runtime_base_int8   yolact_base exported by export.py (float32 / int8), run in
                                        onnxruntime on the CPU, + Detect + postprocess (not default)
   eval_demo_fp32, runtime_demo_fp32 / runtime_demo_int8   the same three for the demo config at 160 px
-`amp` is torch.autocast in bfloat16 on CPU (AMX where the CPU has it) and float16 on CUDA.
+`amp` rows run what `--amp` picks for their shape (utils.device.autocast_dtype): float16 on CUDA;
+on CPU bfloat16 where the CPU has it natively and its probe finds it faster, else float32.
 
 Every row uses the same deterministic weights (benchmarks/parity_fill.py, filled from the key names) and
 the same deterministic input, so fp32 figures can be set beside the original implementation's.
 Each row runs in its own Python process, so its peak memory is its own.
 
-The table starts with the CPU's capability line and its 4096 x 4096 matmul rate; each row gets its
+The table starts with the CPU's kind (AMX-BF16, AVX-512 without bf16, AVX2: utils.device.cpu_kind) and its 4096 x 4096 matmul rate; each row gets its
 FLOPs (flop counter) and the % of that rate it reaches. `--compare-original DIR` runs every row
 also on the original YOLACT checked out in DIR (benchmarks/original.py), right after the port's.
 """
@@ -67,6 +68,7 @@ ROWS: Dict[str, Row] = {
     'train_base_amp': Row('train', 'yolact_base_config', True),
     # The 15-minute demo's training step (run_demo.sh: batch 8, 160 px; float32 where bf16 is not native).
     'train_demo_fp32': Row('train', 'yolact_resnet18_synthetic_config', False, size=160, batch=8),
+    'train_demo_amp': Row('train', 'yolact_resnet18_synthetic_config', True, size=160, batch=8),
     'detect': Row('detect', None, False),
     # The file export.py writes (float32, or --int8), run by onnxruntime as eval.py runs it
     # (utils/runtime_model.RuntimeYolact), then the same Detect and postprocess as the eval rows.
@@ -78,7 +80,7 @@ ROWS: Dict[str, Row] = {
 }
 # The rows that need export tools (requirements-export.txt) and minutes of export are asked for by name.
 DEFAULT_ROWS = [name for name in ROWS
-                if name != 'train_demo_fp32' and ROWS[name].kind != 'runtime' and 'demo' not in name]
+                if ROWS[name].kind != 'runtime' and 'demo' not in name]
 RUNTIME_ROWS = ['eval_base_fp32', 'runtime_base_fp32', 'runtime_base_int8',
                 'eval_demo_fp32', 'runtime_demo_fp32', 'runtime_demo_int8']
 
@@ -254,11 +256,14 @@ def peak_memory(device: torch.device) -> Dict[str, Optional[int]]:
     return out
 
 
-def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """What `--amp` runs in here (utils.device.autocast_dtype): None on a CPU without native bf16,
-    where the `_amp` rows then run float32, as train.py and eval.py would."""
-    from utils.device import autocast_dtype
-    return autocast_dtype(device, amp=True, notify=None)
+def amp_dtype(device: torch.device, row: Row, size: int) -> Optional[torch.dtype]:
+    """What `--amp` runs `row` in here (utils.device.autocast_dtype at the row's batch, size and
+    mode, as train.py and eval.py decide): None where bf16 is not native or not faster on this CPU,
+    where the `_amp` rows then run float32."""
+    from utils.device import ProbeShape, autocast_dtype
+    training = row.kind == 'train'
+    shape = ProbeShape(row.batch or (2 if training else 1), size, training)
+    return autocast_dtype(device, amp=True, notify=None, shape=shape)
 
 
 def use_channels_last(setting: str, device: torch.device, amp: bool, training: bool = False) -> bool:
@@ -316,7 +321,7 @@ def run_eval(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     if s.compile:
         net.compile_network()
     image = make_image(1, size).to(device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype(device), enabled=row.amp)
+    autocast = torch.autocast(device.type, dtype=amp_dtype(device, row, size), enabled=row.amp)
     counts = []
 
     def step():
@@ -349,7 +354,7 @@ def run_train(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
         net.compile_network(freeze=False)
-    dtype = amp_dtype(device) if row.amp else None
+    dtype = amp_dtype(device, row, size) if row.amp else None
     model = NetLoss(net, build_criterion(cfg), amp_dtype=dtype)
     # The config's optimizer with the original's defaults (momentum 0.9, decay 5e-4); a tiny lr
     # keeps the weights, and so the work per step, nearly fixed over the repeats.
@@ -530,8 +535,11 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
         from utils.device import select_device
         device = select_device(s.device)
         amp = row.amp
-        if amp and amp_dtype(device) is None:
-            print(f'{name}: this CPU has no native bfloat16; --amp runs float32 here', file=sys.stderr)
+        if amp and amp_dtype(device, row, size) is None:
+            from utils.device import ProbeShape, bf16_verdict
+            reason = bf16_verdict(ProbeShape(row.batch or (2 if row.kind == 'train' else 1), size,
+                                             row.kind == 'train')).reason
+            print(f'{name}: --amp runs float32 here ({reason})', file=sys.stderr)
             amp = False
         row = row._replace(amp=amp)
         if row.kind == 'eval':
@@ -552,7 +560,7 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
         rec['cpu_seconds'] = cpu
         rec['cpu_median'] = statistics.median(cpu) * scale
     rec.update(row=name, impl='original' if original else 'port', config=row.config,
-               amp=(str(amp_dtype(device)).replace('torch.', '') if amp else None),
+               amp=(str(amp_dtype(device, row, size)).replace('torch.', '') if amp else None),
                median=statistics.median(times) * scale, min=min(times) * scale, seconds=times,
                times=[t * scale for t in times], threads=torch.get_num_threads(),
                device=str(device), size=size if row.kind != 'detect' else None,
@@ -567,8 +575,11 @@ def run_row(name: str, s: Settings, original: Optional[str] = None) -> Dict:
 def machine_rates(device: torch.device, int8: bool = False) -> Dict[str, float]:
     """GFLOP/s of a 4096 x 4096 matmul here: 'float32', the autocast dtype where it is native, and
     with `int8` onnxruntime's uint8 x int8 matmul (GOP/s), the yardstick of the int8 rows."""
+    from utils.device import bf16_flag, read_cpuinfo
     rates = {'float32': matmul_rate(device, torch.float32)}
-    dtype = amp_dtype(device)
+    # The reduced precision the amp rows may run in: fp16 on GPUs, bf16 where the CPU has it in hardware.
+    dtype = torch.float16 if device.type != 'cpu' else (
+        torch.bfloat16 if bf16_flag(read_cpuinfo().get('flags', '')) else None)
     if dtype is not None:
         rates[str(dtype).replace('torch.', '')] = matmul_rate(device, dtype)
     if int8:
@@ -640,11 +651,12 @@ def _opt(value: Optional[float], fmt: str) -> str:
     return '-' if value is None else format(value, fmt)
 
 
-def format_table(records: List[Dict]) -> str:
+def format_table(records: List[Dict], machine: Optional[str] = None) -> str:
+    """The rows' figures, under `machine` (describe_cpu(): the CPU kind, model and threads) when given."""
     head = (f"{'row':<17} {'impl':<8} {'median':>9} {'min':>9} {'CPU':>9} {'unit':<7} {'GFLOP':>7} {'%mm':>4} "
             f"{'peak RSS GiB':>12} {'run GiB':>8} {'cuda GiB':>8} {'thr':>3} {'CL':>3} {'cmp':>3} "
             f"{'cpu%':>5} {'load1 (before/after)':>20}")
-    lines = [head, '-' * len(head)]
+    lines = ([machine] if machine else []) + [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
             lines.append(f"{r['row']:<17} {r.get('impl', ''):<8} ERROR: {r['error'].strip().splitlines()[-1][:90]}")
@@ -689,7 +701,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--node_device', default='cpu', help='cpu, cuda or npu (as train.py/eval.py)')
     p.add_argument('--rows', nargs='+', default=DEFAULT_ROWS, choices=list(ROWS), metavar='ROW',
-                   help=f"rows to run (default: all but train_demo_fp32, the demo and the runtime rows): "
+                   help=f"rows to run (default: all but the demo and the runtime rows): "
                         f"{', '.join(ROWS)}")
     p.add_argument('--runtime', action='store_true',
                    help=f"the deployment rows: {' '.join(RUNTIME_ROWS)} (PyTorch, onnxruntime float32 "
@@ -789,7 +801,7 @@ def main(argv=None) -> int:
         add_rates(rec, rates)
     print('matmul 4096x4096 GFLOP/s (before / after the rows): ' + ', '.join(
         f'{k} {rates_before[k]:.0f} / {rates_after[k]:.0f}' for k in rates))
-    print(format_table(records))
+    print(format_table(records, machine))
     if args.compare_original:
         print('\n' + format_comparison(records))
     meta = {'torch': torch.__version__, 'python': platform.python_version(), 'machine': platform.machine(),

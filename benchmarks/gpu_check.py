@@ -653,12 +653,6 @@ def section_train(sec: Section, device: torch.device, sizes: Sizes, workdir: Pat
             if v.compile and not sizes.compile:
                 sec.checks.append(Check(f'{v.label} b{sizes.train_batch}', 'skip', 'compile: not in --dry_run'))
                 continue
-            if v.amp and v.model == 'yolact_plus_base' and device.type == 'cpu':
-                # Under CUDA autocast torchvision runs deform_conv2d in float32; on the CPU it has
-                # no such rule and no half kernels (fp16 fails in backward, bf16 in forward).
-                sec.checks.append(Check(f'{v.label} b{sizes.train_batch}', 'skip',
-                                        "CPU: torchvision's deform_conv2d has no float16/bfloat16 kernel"))
-                continue
             sec.run(f'{v.label} b{sizes.train_batch}', lambda v=v: train_variant(v, data, device, sizes),
                     needs_s=COMPILE_NEEDS_S['train'] if v.compile else 0.0)
     finally:

@@ -31,3 +31,19 @@ def synthetic_paths(synthetic_root) -> DatasetPaths:
                         train_info=str(synthetic_root / 'instances_train.json'),
                         valid_images=str(synthetic_root / 'val'),
                         valid_info=str(synthetic_root / 'instances_val.json'))
+
+
+def _no_probe(shape):
+    raise AssertionError(f'a test reached the bf16 speed probe ({shape}): patch utils.device.probe_bf16_ratio '
+                         'with a timing of its own, or force --amp_dtype')
+
+
+@pytest.fixture(autouse=True)
+def no_bf16_probe(tmp_path_factory, monkeypatch):
+    """`--amp` on CPU never times the real bf16 probe in a test (slow, load-dependent), and its cache
+    lives in a temporary folder, fresh per test (the env var reaches subprocesses too)."""
+    import utils.device
+    monkeypatch.setenv('YOLACT_CACHE_DIR', str(tmp_path_factory.mktemp('yolact_cache')))
+    monkeypatch.setattr(utils.device, 'probe_bf16_ratio', _no_probe)
+    monkeypatch.setattr(utils.device, '_VERDICTS', {})
+    monkeypatch.setattr(utils.device, '_ANNOUNCED', set())

@@ -62,3 +62,25 @@ def test_comparison_sets_amp_rows_beside_the_originals_fp32_row():
     lines = bench.format_comparison(records).splitlines()[2:]
     ratios = {line.split()[0]: (float(line.split()[4]), float(line.split()[-1])) for line in lines}
     assert ratios == {'eval_base_fp32': (0.8, 0.8), 'eval_base_amp': (0.2, 0.2)}  # no demo: no original
+
+
+def test_table_header_names_the_cpu_kind():
+    table = bench.format_table([record('detect', 'port', [0.02], unit='ms', scale=1000.0)],
+                               machine='CPU AVX2, Test CPU, 2 threads')
+    assert table.splitlines()[0] == 'CPU AVX2, Test CPU, 2 threads'
+    assert table.splitlines()[1].startswith('row ')
+
+
+@pytest.mark.parametrize('ratio', [0.5, 3.0])
+def test_amp_rows_run_what_amp_picks_at_their_shape(monkeypatch, ratio):
+    import utils.device
+    shapes = []
+    monkeypatch.setattr(utils.device, 'read_cpuinfo', lambda: {'model name': 'x', 'flags': 'avx512f amx_bf16'})
+    monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX512')
+    monkeypatch.setattr(utils.device, 'probe_bf16_ratio', lambda shape: shapes.append(tuple(shape)) or ratio)
+    cpu = torch.device('cpu')
+    want = torch.bfloat16 if ratio < 1 else None  # a probe finding bf16 slower: the row runs float32
+    assert bench.amp_dtype(cpu, bench.ROWS['train_demo_amp'], 160) == want
+    assert bench.amp_dtype(cpu, bench.ROWS['eval_base_amp'], 550) == want
+    assert shapes == [(8, 160, True), (1, 550, False)]
+    assert bench.amp_dtype(torch.device('cuda', 0), bench.ROWS['eval_base_amp'], 550) == torch.float16

@@ -48,8 +48,9 @@ def test_dry_run_runs_every_section_ok(tmp_path):
     assert len(parity) == 4 and all(c['max_rel_error'] <= 1e-3 for c in parity)
 
     trained = [c for c in sections['train']['checks'] if c['status'] == 'ok']
+    # YOLACT++ under AMP on the CPU too: backbone.DCN runs deform_conv2d in float32 under autocast.
     assert {(c['model'], c['amp']) for c in trained} >= {('yolact_base', False), ('yolact_base', True),
-                                                         ('yolact_plus_base', False)}
+                                                         ('yolact_plus_base', False), ('yolact_plus_base', True)}
     for c in trained:
         assert len(c['losses']) == c['steps'] and all(math.isfinite(x) for x in c['losses']), c
         assert c['loss_last'] < c['loss_first'] and c['img_per_s'] > 0, c

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from data.config import Config, own_config
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
-from utils.device import autocast_dtype, synchronize
+from utils.device import ProbeShape, autocast_dtype, synchronize
 from utils.functions import MovingAverage
 from utils.result_files import detections_to_records, result_file_paths, write_instance_png, write_result_json
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
@@ -77,7 +77,7 @@ class Predictor:
         self.net = net
         self.config = config if config is not None else config_of(net)
         self.device = device if device is not None else _device_of(net)
-        self.dtype = autocast_dtype(self.device, amp, amp_dtype_name)
+        self.dtype = autocast_dtype(self.device, amp, amp_dtype_name, shape=ProbeShape(size=self.config.max_size))
         self.amp = self.dtype is not None
         self.transform = FastBaseTransform(self.config)
 
