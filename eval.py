@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                   negative='')
     p.add_argument('--bbox_det_file', default='results/bbox_detections.json', help='box results json')
     p.add_argument('--mask_det_file', default='results/mask_detections.json', help='mask results json')
+    p.add_argument('--results_dir', default=None,
+                   help='dataset evaluation: write metrics.json (the COCO numbers, per-class table, confusion '
+                        'counts), pr_curve.png and confusion_matrix.png here; default: beside the checkpoint, '
+                        'CHECKPOINT_STEM_metrics/ (weights/x_1_100.pth -> weights/x_1_100_metrics/)')
     p.add_argument('--coco_eval', default='pycocotools', choices=COCO_EVAL_BACKENDS,
                    help='COCOeval implementation that computes the mAP: pycocotools, or faster '
                         '(faster-coco-eval: same numbers, less time; pip install faster-coco-eval)')
@@ -273,6 +277,11 @@ def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
     print(f"Config {cfg.name} and {describe_classes(cfg.dataset.class_names)} from the metadata of "
           f"{os.path.basename(opts.trained_model)}.")
     return True
+
+
+def default_results_dir(checkpoint: str) -> str:
+    """Where a dataset evaluation of `checkpoint` writes metrics.json and its plots by default."""
+    return os.path.splitext(checkpoint)[0] + '_metrics'
 
 
 def device_from_flags(opts: EvalArgs) -> torch.device:
@@ -394,6 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if media:
             run_media(net, opts)
         else:
+            opts.checkpoint = opts.trained_model
+            if not opts.benchmark and opts.results_dir is None:
+                opts.results_dir = default_results_dir(opts.trained_model)
             evaluate(net, dataset, opts=opts)
     except (CheckpointError, ConfigError, DeviceError, DatasetFileNotFoundError, DatasetFormatError,
             ImageLoadError, InferenceError, EvalError, CocoEvalBackendError, RuntimeModelError) as err:

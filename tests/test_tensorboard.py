@@ -105,7 +105,8 @@ def test_train_with_tensorboard_records_training_and_validation(tiny, tmp_path):
     import train
     flags = ('--max_iter', '2', '--validation_epoch', '1', '--validation_size', '2', '--no_log', '--tensorboard')
     assert train.main(tiny_args(tmp_path, *flags)) == 0
-    assert [p.name for p in (tmp_path / 'logs').iterdir()] == ['tensorboard']  # --no_log: no JSON log
+    # --no_log: no JSON log; the validation's metrics.json and plots (shown in TensorBoard) are written.
+    assert sorted(p.name for p in (tmp_path / 'logs').iterdir()) == ['tensorboard', 'tiny_train_val']
     events = read_events(tmp_path / 'logs' / 'tensorboard' / 'tiny_train')
     tags = events.Tags()
     assert {'loss/B', 'loss/C', 'loss/M', 'loss/S', 'loss/total', 'train/lr', 'train/img_per_sec',

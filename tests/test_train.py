@@ -388,7 +388,8 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
 
     monkeypatch.setattr(evaluation, 'evaluate', fake_evaluate)
     train.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
-    assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True}
+    assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True,
+                    'results_dir': None, 'iteration': None}
 
 
 def test_optimizer_choice_from_config(monkeypatch):
