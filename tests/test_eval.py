@@ -446,11 +446,19 @@ def test_cli_evaluates_a_synthetic_checkpoint(tiny, tmp_path, synthetic_root, mo
     assert set(printed) == {'box', 'mask'} and all(math.isfinite(v) for v in printed['box'].values())
     assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in out
     assert len(json.loads(bbox_file.read_text())) > 0
+    # The per-class table, and metrics.json with the plots beside the checkpoint by default.
+    assert 'Per class (AP in percent' in out and 'mean' in out
+    metrics = json.loads((tmp_path / 'yolact_evaltiny_2_20_metrics' / 'metrics.json').read_text())
+    assert (metrics['checkpoint'], metrics['config'], metrics['images']) == (str(ckpt), 'yolact_evaltiny', 2)
+    assert metrics['box']['AP'] == pytest.approx(printed['box']['all'], abs=0.006)
+    assert {p.name for p in (tmp_path / 'yolact_evaltiny_2_20_metrics').iterdir()} == \
+        {'metrics.json', 'pr_curve.png', 'confusion_matrix.png'}
 
     register(monkeypatch, tiny_config(conf_thresh=1.0))  # nothing scores above 1
     compiled = []  # --compile hands the loaded network to Yolact.compile_network (tested on its own)
     monkeypatch.setattr(Yolact, 'compile_network', lambda net, **kwargs: compiled.append(net.training))
-    rc, out, err = _run_main(argv + ['--compile'], capsys)
+    rc, out, err = _run_main(argv + ['--compile', '--results_dir', str(tmp_path / 'chosen')], capsys)
     assert rc == 0, err
     assert parse_map_table(out)['mask']['all'] == 0.0
+    assert json.loads((tmp_path / 'chosen' / 'metrics.json').read_text())['mask']['AP'] == 0.0
     assert compiled == [False]
