@@ -55,7 +55,7 @@ from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.
     print_results,
     validation_map,
 )
-from utils.functions import SavePath
+from utils.functions import SavePath, check_writable_folder
 from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage, evalimages, evalvideo, open_video
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions
@@ -392,6 +392,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not opts.benchmark:
                 check_coco_eval_backend(opts.coco_eval)
             dataset = build_dataset(opts)
+            if not opts.benchmark:
+                opts.checkpoint = opts.trained_model
+                opts.results_dir = opts.results_dir or default_results_dir(opts.trained_model)
+                try:  # before the model is loaded and run
+                    check_writable_folder(opts.results_dir, '--results_dir')
+                except ValueError as err:
+                    raise EvalError(str(err)) from None
         if session is not None:
             net = load_exported(opts.trained_model, session, meta)
         else:
@@ -403,9 +410,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if media:
             run_media(net, opts)
         else:
-            opts.checkpoint = opts.trained_model
-            if not opts.benchmark and opts.results_dir is None:
-                opts.results_dir = default_results_dir(opts.trained_model)
             evaluate(net, dataset, opts=opts)
     except (CheckpointError, ConfigError, DeviceError, DatasetFileNotFoundError, DatasetFormatError,
             ImageLoadError, InferenceError, EvalError, CocoEvalBackendError, RuntimeModelError) as err:

@@ -423,6 +423,13 @@ def test_cli_errors_are_one_line(tiny, tmp_path, synthetic_root, monkeypatch, ca
     rc, _, err = _run_main(['--trained_model', str(ckpt), '--image', str(tmp_path / 'no.png')] + base, capsys)
     assert rc == 1 and 'no.png' in err and 'not found' in err
 
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    rc, out, err = _run_main(['--trained_model', str(ckpt), '--val_data', str(synthetic_root),
+                              '--results_dir', str(blocker / 'metrics')] + base, capsys)
+    assert rc == 1 and err.strip().count('\n') == 0 and '--results_dir' in err and 'not a writable folder' in err
+    assert 'Loading model' not in out
+
     monkeypatch.setitem(sys.modules, 'faster_coco_eval', None)  # as if not installed
     rc, out, err = _run_main(['--trained_model', str(ckpt), '--val_data', str(synthetic_root),
                               '--coco_eval', 'faster'] + base, capsys)
