@@ -9,7 +9,7 @@ import json
 import torch
 from test_train import tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 
-from utils.checkpoint import load_file, read_classes
+from utils.checkpoint import config_name_from_checkpoint, load_file, read_classes
 from utils.train_state import BestRecord
 
 
@@ -59,6 +59,8 @@ def test_best_checkpoint_patience_resume_and_finetune(tiny, tmp_path, monkeypatc
     state = best_state(weights)
     assert state['iteration'] == 6 and state['best']['mask'] == 20.0
     assert read_classes(str(weights / 'tiny_train_best.pth')) is not None  # its class list beside it
+    # eval.py and export.py find its config from the name, as for the other checkpoints.
+    assert config_name_from_checkpoint(str(weights / 'tiny_train_best.pth')) == 'tiny_train_config'
     final = load_file(str(weights / 'tiny_train_3_8.state.pt'))
     assert final['best'] == {'iteration': 6, 'epoch': 2, 'box': 4.0, 'mask': 20.0, 'stale': 1}
     best_weights = torch.load(str(weights / 'tiny_train_best.pth'), weights_only=True)
