@@ -162,6 +162,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.patience < 0:
         raise ValueError(f"--patience must be >= 0, got {args.patience}")
+    if args.patience > 0 and args.validation_epoch <= 0:
+        raise ValueError(f"--patience {args.patience} counts validations, but --validation_epoch "
+                         f"{args.validation_epoch} turns validation off")
     if args.validation_epoch > 0 and args.validation_size < 1:
         raise ValueError(f"--validation_size must be at least 1 when validating, got {args.validation_size}")
     if args.start_iter < -1:

@@ -85,10 +85,13 @@ def test_best_checkpoint_patience_resume_and_finetune(tiny, tmp_path, monkeypatc
     assert best_state(weights)['iteration'] == 2
 
 
-def test_patience_must_not_be_negative(tiny, tmp_path, capsys):
+def test_patience_must_be_usable(tiny, tmp_path, capsys):
     import train
     assert train.main(tiny_args(tmp_path, '--patience', '-1')) == 1
     assert capsys.readouterr().err.strip() == 'error: --patience must be >= 0, got -1'
+    assert train.main(tiny_args(tmp_path, '--patience', '2')) == 1  # tiny_args: --validation_epoch -1
+    assert capsys.readouterr().err.strip() == \
+        'error: --patience 2 counts validations, but --validation_epoch -1 turns validation off'
 
 
 def test_dataset_without_val_split_trains_without_validation(tiny, tmp_path, capsys):  # noqa: F811
