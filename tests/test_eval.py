@@ -457,6 +457,7 @@ def test_cli_evaluates_a_synthetic_checkpoint(tiny, tmp_path, synthetic_root, mo
     assert 'Per class (AP in percent' in out and 'mean' in out
     metrics = json.loads((tmp_path / 'yolact_evaltiny_2_20_metrics' / 'metrics.json').read_text())
     assert (metrics['checkpoint'], metrics['config'], metrics['images']) == (str(ckpt), 'yolact_evaltiny', 2)
+    assert metrics['annotations'] == str(synthetic_root / 'instances_val.json')
     assert metrics['box']['AP'] == pytest.approx(printed['box']['all'], abs=0.006)
     assert {p.name for p in (tmp_path / 'yolact_evaltiny_2_20_metrics').iterdir()} == \
         {'metrics.json', 'pr_curve.png', 'confusion_matrix.png'}

@@ -1,7 +1,8 @@
 """What a dataset evaluation reports beyond the mAP: a per-class table, metrics.json, and two
 plots (precision-recall curves and a confusion matrix), all written to one results folder.
 
-    DIR/metrics.json          checkpoint, config, dataset, image count, seconds, the 12 COCOeval
+    DIR/metrics.json          checkpoint, config, dataset (name and annotation file), image count,
+                              seconds, the 12 COCOeval
                               numbers of box and mask (named, in percent), the per-class table and
                               the confusion matrix counts
     DIR/pr_curve.png          precision against recall per class (thin) and their mean (bold), for

@@ -195,7 +195,8 @@ def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: 
                                      results.image_ids, CONFUSION_IOU, CONFUSION_SCORE)
         write_report(opts.results_dir, scores, rows, confusion, 'mask' if with_masks else 'box',
                      checkpoint=opts.checkpoint, iteration=opts.iteration, config=predictor.config.name,
-                     dataset=getattr(dataset, 'name', None), images=len(order), coco_eval=opts.coco_eval,
+                     dataset=predictor.config.dataset.name, annotations=getattr(dataset, 'info_file', None),
+                     images=len(order), coco_eval=opts.coco_eval,
                      seconds=round(time.perf_counter() - start, 2))
         if verbose:
             print(f'Metrics and plots written to {opts.results_dir}/')
