@@ -173,7 +173,8 @@ def plot_pr_curves(scores: Mapping[str, TaskScores], names: Sequence[str], path:
             ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='recall', ylabel='precision',
                    title=f'{task} precision-recall, {title}')
             ax.grid(alpha=0.3)
-            ax.legend(loc='lower left', fontsize='small' if few else 'medium')
+            if has_gt.any():
+                ax.legend(loc='lower left', fontsize='small' if few else 'medium')
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
