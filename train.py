@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--coco_eval', default='pycocotools', choices=COCO_EVAL_BACKENDS,
                    help='COCOeval implementation of the validation mAP (faster: faster-coco-eval)')
     p.add_argument('--tensorboard', action='store_true',
-                   help='also write losses, lr, speed, validation mAP and drawn detections to '
+                   help='also write losses, lr, speed, validation mAP (overall and per class), its '
+                        'precision-recall and confusion plots and drawn detections to '
                         '<log_folder>/tensorboard/<config name>/ (needs requirements-tensorboard.txt); '
                         'view with: tensorboard --logdir <log_folder>/tensorboard')
     return p
