@@ -56,7 +56,7 @@ from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.
     print_results,
     validation_map,
 )
-from utils.functions import SavePath
+from utils.functions import SavePath, check_writable_folder
 from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage, evalimages, evalvideo, open_video
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions, covers
@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                   negative='')
     p.add_argument('--bbox_det_file', default='results/bbox_detections.json', help='box results json')
     p.add_argument('--mask_det_file', default='results/mask_detections.json', help='mask results json')
+    p.add_argument('--results_dir', default=None,
+                   help='dataset evaluation: write metrics.json (the COCO numbers, per-class table, confusion '
+                        'counts), pr_curve.png and confusion_matrix.png here; default: beside the checkpoint, '
+                        'CHECKPOINT_STEM_metrics/ (weights/x_1_100.pth -> weights/x_1_100_metrics/)')
     p.add_argument('--coco_eval', default='pycocotools', choices=COCO_EVAL_BACKENDS,
                    help='COCOeval implementation that computes the mAP: pycocotools, or faster '
                         '(faster-coco-eval: same numbers, less time; pip install faster-coco-eval)')
@@ -278,6 +282,11 @@ def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
     print(f"Config {cfg.name} and {describe_classes(cfg.dataset.class_names)} from the metadata of "
           f"{os.path.basename(opts.trained_model)}.")
     return True
+
+
+def default_results_dir(checkpoint: str) -> str:
+    """Where a dataset evaluation of `checkpoint` writes metrics.json and its plots by default."""
+    return os.path.splitext(checkpoint)[0] + '_metrics'
 
 
 def device_from_flags(opts: EvalArgs) -> torch.device:
@@ -395,6 +404,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not opts.benchmark:
                 check_coco_eval_backend(opts.coco_eval)
             dataset = build_dataset(opts)
+            if not opts.benchmark:
+                opts.checkpoint = opts.trained_model
+                opts.results_dir = opts.results_dir or default_results_dir(opts.trained_model)
+                try:  # before the model is loaded and run
+                    check_writable_folder(opts.results_dir, '--results_dir')
+                except ValueError as err:
+                    raise EvalError(str(err)) from None
         if session is not None:
             net = load_exported(opts.trained_model, session, meta)
         else:

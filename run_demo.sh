@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on the CPU of a fresh machine:
-#   environment -> synthetic dataset -> train the demo config -> box/mask mAP -> plot + pictures.
+#   environment -> synthetic dataset -> train the demo config -> box/mask mAP (per class, with
+#   precision-recall and confusion plots) -> plot + pictures.
 # A thin wrapper over the commands users run (python -m data.synthetic, train.py, eval.py).
 # Running it again reuses the environment, the dataset, a finished training run and its outputs.
 #
@@ -42,7 +43,15 @@ mkdir -p "$weights" "$logs"
 resume=()
 iters=()
 [ -n "$DEMO_ITERS" ] && iters=(--max_iter "$DEMO_ITERS")
-if ls "$weights"/${NAME}_*.pth >/dev/null 2>&1; then
+# The newest <config>_<epoch>_<iter>.pth (never the best validation's copy, <config>_best.pth).
+latest() {
+    $PY - "$weights" "$NAME" <<'PY'
+import sys
+from utils.functions import SavePath
+print(SavePath.get_latest(sys.argv[1], sys.argv[2], include_interrupt=False) or '')
+PY
+}
+if [ -n "$(latest)" ]; then
     echo "found a previous run in $weights: resuming it (DEMO_FRESH=1 starts over)"
     resume=(--resume latest)
 fi
@@ -53,27 +62,29 @@ $PY train.py --config "$CONFIG" --data "$DEMO_DATA" --node_device cpu --seed 0 -
     --validation_epoch "$DEMO_VAL_EPOCHS" --validation_size "$DEMO_VAL" --log_interval 20 \
     "${resume[@]}"
 echo "training took $(( $(date +%s) - start )) s"
-final=$($PY - "$weights" "$NAME" <<'PY'
-import sys
-from utils.functions import SavePath
-print(SavePath.get_latest(sys.argv[1], sys.argv[2], include_interrupt=False) or '')
-PY
-)
+final=$(latest)
 [ -n "$final" ] || { echo "error: no checkpoint in $weights" >&2; exit 1; }
 
 # Outputs newer than the checkpoint were made from it: a rerun shows them instead of redoing them.
 up_to_date() { [ "${DEMO_FRESH:-0}" != 1 ] && [ "$1" -nt "$final" ]; }
 
 step "4/5 box and mask mAP of $final on $DEMO_DATA/val"
-if up_to_date "$DEMO_OUT/eval.txt"; then
+if up_to_date "$DEMO_OUT/eval.txt" && up_to_date "$DEMO_OUT/eval/metrics.json"; then
     echo "found the evaluation of this checkpoint (DEMO_FRESH=1 redoes it):"
     cat "$DEMO_OUT/eval.txt"
 else
     $PY eval.py --trained_model "$final" --config "$CONFIG" --val_data "$DEMO_DATA" --node_device cpu \
-        > "$DEMO_OUT/eval.txt.part"
+        --results_dir "$DEMO_OUT/eval" > "$DEMO_OUT/eval.txt.part"
     mv "$DEMO_OUT/eval.txt.part" "$DEMO_OUT/eval.txt"
     cat "$DEMO_OUT/eval.txt"
 fi
+map_line=$($PY - "$DEMO_OUT/eval/metrics.json" <<'PY'
+import sys
+from utils.eval_report import read_metrics
+m = read_metrics(sys.argv[1])
+print(f"box mAP {m['box']['AP']}, mask mAP {m['mask']['AP']} over {m['images']} images")
+PY
+)
 
 step "5/5 plot and pictures"
 if up_to_date "$DEMO_OUT/predictions.png"; then
@@ -93,7 +104,10 @@ cat <<DONE
 
 Demo finished in $(( $(date +%s) - demo_start )) s. Outputs:
   checkpoint        $final
-  mAP table         $DEMO_OUT/eval.txt
+  mAP               $map_line
+  mAP tables        $DEMO_OUT/eval.txt   (per class: $DEMO_OUT/eval/metrics.json)
+  PR curves         $DEMO_OUT/eval/pr_curve.png
+  confusion matrix  $DEMO_OUT/eval/confusion_matrix.png
   training log      $logs/$NAME.log
   loss / mAP plot   $DEMO_OUT/loss_map.png
   predictions       $DEMO_OUT/predictions.png   (one file per image in $DEMO_OUT/predictions/)

@@ -63,6 +63,7 @@ from utils.signals import StopRequest
 from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
 from utils.train_loop import NetLoss, StepResult, build_criterion, train_step
 from utils.train_state import (
+    BestRecord,
     CheckpointWriteError,
     agree_on_resume,
     load_training_state,
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--validation_size', default=5000, type=int, help='images used for validation mAP')
     p.add_argument('--validation_epoch', default=2, type=int,
                    help='validate every N epochs (and at the end); <= 0 turns validation off')
+    p.add_argument('--patience', default=0, type=int,
+                   help='stop after this many validations in a row without a better mask mAP (0: never); '
+                        'the best one is always kept as <save_folder>/<config>_best.pth')
     p.add_argument('--keep_latest', action='store_true', help='keep only the latest checkpoint')
     p.add_argument('--keep_latest_interval', default=100000, type=int,
                    help='with --keep_latest, never delete checkpoints of iterations that are multiples of this')
@@ -141,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--coco_eval', default='pycocotools', choices=COCO_EVAL_BACKENDS,
                    help='COCOeval implementation of the validation mAP (faster: faster-coco-eval)')
     p.add_argument('--tensorboard', action='store_true',
-                   help='also write losses, lr, speed, validation mAP and drawn detections to '
+                   help='also write losses, lr, speed, validation mAP (overall and per class), its '
+                        'precision-recall and confusion plots and drawn detections to '
                         '<log_folder>/tensorboard/<config name>/ (needs requirements-tensorboard.txt); '
                         'view with: tensorboard --logdir <log_folder>/tensorboard')
     return p
@@ -157,6 +162,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_iter must be >= 0, got {args.max_iter}")
     if args.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.patience < 0:
+        raise ValueError(f"--patience must be >= 0, got {args.patience}")
+    if args.patience > 0 and args.validation_epoch <= 0:
+        raise ValueError(f"--patience {args.patience} counts validations, but --validation_epoch "
+                         f"{args.validation_epoch} turns validation off")
     if args.validation_epoch > 0 and args.validation_size < 1:
         raise ValueError(f"--validation_size must be at least 1 when validating, got {args.validation_size}")
     if args.start_iter < -1:
@@ -221,7 +231,8 @@ class Trainer:
                  seed: int, net: Yolact, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: torch_data.DataLoader, sampler: ResumableSampler, val_set: Optional[COCODetection],
                  log: Optional[Log], scaler=None, amp_dtype: Optional[torch.dtype] = None,
-                 iteration: int = 0, nonfinite_total: int = 0, tensorboard: Optional[TensorBoardWriter] = None):
+                 iteration: int = 0, nonfinite_total: int = 0, tensorboard: Optional[TensorBoardWriter] = None,
+                 best: Optional[BestRecord] = None):
         self.args, self.info, self.device, self.sched, self.seed = args, info, device, sched, seed
         self.net, self.model, self.optimizer = net, model, optimizer
         self.loader, self.sampler, self.val_set = loader, sampler, val_set
@@ -235,20 +246,23 @@ class Trainer:
         self.report = Reporter(log, info.is_main, args.batch_size * info.world_size, args.log_interval,
                                sched.max_iter, tensorboard=tensorboard)
         self.start_iteration = iteration
+        self.best = best if best is not None else BestRecord()
 
     # ---------------------------------------------------------------- saving
 
-    def save(self, epoch: int, interrupt: bool = False) -> Optional[str]:
-        """Rank 0 writes the checkpoint; every rank learns whether it worked (no one trains on alone)."""
+    def save(self, epoch: int, interrupt: bool = False, best: bool = False) -> Optional[str]:
+        """Rank 0 writes the checkpoint (`best`: as <config>_best.pth); every rank learns whether it
+        worked (no one trains on alone)."""
         path, error = None, None
         # Every rank takes part; only rank 0 keeps the list.
         rank_rngs = all_gather(rng_states(self.device)) if self.info.distributed else None
         if self.info.is_main:
-            path = SavePath(cfg.name, epoch, f'{self.iteration}{"_interrupt" if interrupt else ""}'
-                            ).get_path(root=self.args.save_folder)
+            path = SavePath.best_path(cfg.name, self.args.save_folder) if best else \
+                SavePath(cfg.name, epoch, f'{self.iteration}{"_interrupt" if interrupt else ""}'
+                         ).get_path(root=self.args.save_folder)
             state = make_training_state(self.iteration, epoch, self.optimizer, self.lr, self.seed, self.sched,
                                         self.device, self.scaler, self.nonfinite_total, config=cfg.name,
-                                        rank_rngs=rank_rngs)
+                                        rank_rngs=rank_rngs, best=self.best.as_dict())
             try:
                 write_checkpoint(self.net, path, state, self.args.keep_latest, self.args.keep_latest_interval,
                                  classes=(cfg.dataset.class_names, cfg.dataset.label_map))
@@ -260,17 +274,34 @@ class Trainer:
 
     # ---------------------------------------------------------------- validation
 
-    def validate(self, epoch: int) -> None:
+    def results_dir(self) -> Optional[str]:
+        """Where validations write metrics.json and the plots (the latest validation's)."""
+        if not (self.args.log or self.args.tensorboard):
+            return None
+        return os.path.join(self.args.log_folder, f'{cfg.name}_val')
+
+    def validate(self, epoch: int) -> bool:
+        """Validate, keep <config>_best.pth when the mAP improved; True when --patience says stop."""
+        improved, stop = False, False
         if self.info.is_main and self.val_set is not None:
             print('\nComputing validation mAP (this may take a while)...', flush=True)
             start = time.perf_counter()
+            folder = self.results_dir()
             val_info = validation_map(self.net, self.val_set, self.args.validation_size, self.amp_dtype,
-                                      self.args.coco_eval)
-            self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start)
+                                      self.args.coco_eval, results_dir=folder, iteration=self.iteration)
+            self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start, folder)
             if self.report.tensorboard is not None:
                 self.report.tensorboard.predictions(self.net, self.val_set, self.iteration, cfg.dataset.class_names,
                                                     self.amp_dtype)
+            if val_info is not None:
+                improved = self.best.offer(self.iteration, epoch, val_info.get('box', {}).get('all'),
+                                           val_info.get('mask', {}).get('all'))
+                stop = 0 < self.args.patience <= self.best.stale
         barrier()
+        improved, stop = broadcast_from_rank0((improved, stop))
+        if improved:
+            self.report.best(self.best, self.save(epoch, best=True))
+        return stop
 
     # ---------------------------------------------------------------- the loop
 
@@ -333,7 +364,8 @@ class Trainer:
             self.stop.install()
         try:
             epoch = self.iteration // self.epoch_size
-            while self.iteration < self.sched.max_iter:
+            patience_stop = False
+            while self.iteration < self.sched.max_iter and not patience_stop:
                 epoch = self.iteration // self.epoch_size
                 self._run_epoch(epoch)
                 if self._stop_requested():
@@ -341,11 +373,14 @@ class Trainer:
                 finished_epoch = self.iteration % self.epoch_size == 0
                 if (finished_epoch and self.args.validation_epoch > 0 and epoch > 0
                         and epoch % self.args.validation_epoch == 0 and self.iteration < self.sched.max_iter):
-                    self.validate(epoch)
-            if self.args.validation_epoch > 0 and self.iteration > self.start_iteration:
+                    patience_stop = self.validate(epoch)
+            if patience_stop:
+                self.report.early_stop(self.args.patience, self.iteration, self.best)
+            elif self.args.validation_epoch > 0 and self.iteration > self.start_iteration:
                 self.validate(epoch)
             path = self.save(epoch)
-            self.report.summary(self.iteration, self.iteration - self.start_iteration, self.nonfinite_total, path)
+            self.report.summary(self.iteration, self.iteration - self.start_iteration, self.nonfinite_total, path,
+                                best=self.best)
             return 0
         finally:
             self.stop.restore()
@@ -413,6 +448,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     scaler = grad_scaler(device, amp_dtype)
 
     iteration, nonfinite_total = 0, 0
+    # A resumed run keeps its best validation; a new run or fine-tune starts a record of its own.
+    best = BestRecord.from_dict(state.get('best') if state is not None else None)
     if resume_path is not None:
         iteration, nonfinite_total = restore_training_state(resume_path, state, sched_optimizer, scaler, device,
                                                             say=print if info.is_main else None,
@@ -435,7 +472,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         if args.tensorboard and info.is_main else None
     return Trainer(args, info, device, sched, seed, net, model, sched_optimizer, loader, sampler, val_set,
                    log, scaler=scaler, amp_dtype=amp_dtype, iteration=iteration, nonfinite_total=nonfinite_total,
-                   tensorboard=tensorboard)
+                   tensorboard=tensorboard, best=best)
 
 
 def _one_line(err: BaseException) -> str:

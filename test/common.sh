@@ -31,7 +31,7 @@
 #   must be one folder shared by all nodes. Only global rank 0 writes checkpoints and logs; the
 #   node that ran it evaluates (full runs) and prints the summary; the other nodes say so and stop.
 # Output in test/output/<device id>/: train_<id>.log (console; train_<id>_node<R>.log on several
-#   nodes), eval_<id>.log (full runs),
+#   nodes), eval_<id>.log and eval_<id>_metrics/ (eval.py's metrics.json and plots; full runs),
 #   <CaseName>.log (key = value summary), <CaseName>/weights (checkpoints) and <CaseName>/logs
 #   (train.py's JSON-lines log). A performance run clears its own <CaseName>/ first; a full run
 #   keeps it, so `--resume=latest` continues an earlier full run.
@@ -321,11 +321,13 @@ _yl_output_paths() {
     [ "${YL_MAX_NODES}" -gt 1 ] && node_rank="${NODE_RANK:-0}" node_tag="_node${NODE_RANK:-0}"
     YL_TRAIN_LOG="${YL_OUT}/train_${YL_DEVICE_ID}${node_tag}.log"
     YL_EVAL_LOG="${YL_OUT}/eval_${YL_DEVICE_ID}.log"
+    YL_EVAL_METRICS="${YL_OUT}/eval_${YL_DEVICE_ID}_metrics"
     if [ "${mode}" = perf ] && [ "${node_rank}" = 0 ]; then
         rm -rf "${YL_RUN_DIR}"  # node 0 only: the folder is shared, and the others may have started
     fi
     mkdir -p "${YL_RUN_DIR}/weights" "${YL_RUN_DIR}/logs" || return
     rm -f "${YL_TRAIN_LOG}" "${YL_EVAL_LOG}" "${YL_OUT}/${YL_CASE}.log"
+    rm -rf "${YL_EVAL_METRICS}"
 }
 
 # train.py for a <full|perf> <1p|8p> run, under torchrun for 8p; fails with train.py's status.
@@ -369,7 +371,7 @@ _yl_evaluate() {
     # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags
     _yl_run_logged "${YL_EVAL_LOG}" "${YL_PYTHON}" -u eval.py --trained_model="${checkpoint}" \
         --config="${YL_CONFIG}" --val_data="${YL_DATA_ROOT}" --node_device="${eval_device}" --no_bar \
-        ${EVAL_ARGS:-}
+        --results_dir="${YL_EVAL_METRICS}" ${EVAL_ARGS:-}
     local rc=$?
     if [ "${rc}" != 0 ]; then
         _yl_err "evaluation failed (exit status ${rc}); see ${YL_EVAL_LOG}"
@@ -414,7 +416,7 @@ yolact_launch() {
     local report_args=()
     if [ "${mode}" = full ]; then
         _yl_evaluate "${start_time}" || return
-        report_args+=(--eval_output="${YL_EVAL_LOG}")
+        report_args+=(--metrics="${YL_EVAL_METRICS}")
     fi
     "${YL_PYTHON}" -m utils.launch_summary report --case="${YL_CASE}" --rank_size="${YL_WORLD_SIZE}" \
         --batch_size="${YL_BATCH}" --node_device="${YL_DEVICE}" --log_folder="${YL_RUN_DIR}/logs" \

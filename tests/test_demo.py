@@ -1,10 +1,13 @@
 """Issue 6: the README's first command, shortened, end to end through the same script."""
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from data.config import SYNTHETIC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,12 @@ def test_short_demo_writes_plot_predictions_and_map(tmp_path):
 
     table = (out / 'eval.txt').read_text()
     assert 'box' in table and 'mask' in table and 'Average Precision' in table
+    metrics = json.loads((out / 'eval' / 'metrics.json').read_text())
+    assert [c['name'] for c in metrics['classes']] == list(SYNTHETIC_CLASSES)
+    # The closing summary's mAP is metrics.json's.
+    assert f"box mAP {metrics['box']['AP']}, mask mAP {metrics['mask']['AP']} over 4 images" in proc.stdout
+    for picture in ('pr_curve.png', 'confusion_matrix.png'):
+        assert cv2.imread(str(out / 'eval' / picture)) is not None
     assert list((out / 'weights').glob('yolact_resnet18_synthetic_*.pth'))
     assert (out / 'logs' / 'yolact_resnet18_synthetic.log').stat().st_size > 0
 

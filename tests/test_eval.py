@@ -423,6 +423,13 @@ def test_cli_errors_are_one_line(tiny, tmp_path, synthetic_root, monkeypatch, ca
     rc, _, err = _run_main(['--trained_model', str(ckpt), '--image', str(tmp_path / 'no.png')] + base, capsys)
     assert rc == 1 and 'no.png' in err and 'not found' in err
 
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    rc, out, err = _run_main(['--trained_model', str(ckpt), '--val_data', str(synthetic_root),
+                              '--results_dir', str(blocker / 'metrics')] + base, capsys)
+    assert rc == 1 and err.strip().count('\n') == 0 and '--results_dir' in err and 'not a writable folder' in err
+    assert 'Loading model' not in out
+
     monkeypatch.setitem(sys.modules, 'faster_coco_eval', None)  # as if not installed
     rc, out, err = _run_main(['--trained_model', str(ckpt), '--val_data', str(synthetic_root),
                               '--coco_eval', 'faster'] + base, capsys)
@@ -446,11 +453,20 @@ def test_cli_evaluates_a_synthetic_checkpoint(tiny, tmp_path, synthetic_root, mo
     assert set(printed) == {'box', 'mask'} and all(math.isfinite(v) for v in printed['box'].values())
     assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in out
     assert len(json.loads(bbox_file.read_text())) > 0
+    # The per-class table, and metrics.json with the plots beside the checkpoint by default.
+    assert 'Per class (AP in percent' in out and 'mean' in out
+    metrics = json.loads((tmp_path / 'yolact_evaltiny_2_20_metrics' / 'metrics.json').read_text())
+    assert (metrics['checkpoint'], metrics['config'], metrics['images']) == (str(ckpt), 'yolact_evaltiny', 2)
+    assert metrics['annotations'] == str(synthetic_root / 'instances_val.json')
+    assert metrics['box']['AP'] == pytest.approx(printed['box']['all'], abs=0.006)
+    assert {p.name for p in (tmp_path / 'yolact_evaltiny_2_20_metrics').iterdir()} == \
+        {'metrics.json', 'pr_curve.png', 'confusion_matrix.png'}
 
     register(monkeypatch, tiny_config(conf_thresh=1.0))  # nothing scores above 1
     compiled = []  # --compile hands the loaded network to Yolact.compile_network (tested on its own)
     monkeypatch.setattr(Yolact, 'compile_network', lambda net, **kwargs: compiled.append(net.training))
-    rc, out, err = _run_main(argv + ['--compile'], capsys)
+    rc, out, err = _run_main(argv + ['--compile', '--results_dir', str(tmp_path / 'chosen')], capsys)
     assert rc == 0, err
     assert parse_map_table(out)['mask']['all'] == 0.0
+    assert json.loads((tmp_path / 'chosen' / 'metrics.json').read_text())['mask']['AP'] == 0.0
     assert compiled == [False]

@@ -15,7 +15,6 @@ import pytest
 
 from data.synthetic import generate
 from utils import launch_summary as ls
-from utils.coco_results import format_map_table
 from utils.logger import Log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,12 +162,13 @@ def test_log_sessions_older_than_the_run_are_ignored(tmp_path):
 
 def test_final_checkpoint_without_a_summary_is_the_newest_file(tmp_path):
     names = [f'{DEMO_NAME}_0_900.pth', 'renamed_by_hand.pth', f'{DEMO_NAME}_1_1000.pth',
-             f'{DEMO_NAME}_1_1200_interrupt.pth']
+             f'{DEMO_NAME}_1_1200_interrupt.pth', f'{DEMO_NAME}_best.pth']
     now = time.time()
-    for age, name in zip((300, 100, 100, 0), names):
+    for age, name in zip((300, 100, 100, 0, 0), names):
         (tmp_path / name).write_bytes(b'x')
         os.utime(tmp_path / name, (now - age, now - age))
-    # Equally new: the higher iteration wins; interrupt saves are never the final checkpoint.
+    # Equally new: the higher iteration wins; interrupt saves and the best validation's copy are
+    # never the final checkpoint.
     assert ls.final_checkpoint(str(tmp_path)) == str(tmp_path / f'{DEMO_NAME}_1_1000.pth')
     os.remove(tmp_path / f'{DEMO_NAME}_1_1000.pth')
     assert ls.final_checkpoint(str(tmp_path)) == str(tmp_path / 'renamed_by_hand.pth')
@@ -179,16 +179,20 @@ def test_final_checkpoint_missing(tmp_path):
         ls.final_checkpoint(str(tmp_path))
 
 
-def test_eval_accuracy_from_the_map_table(tmp_path):
-    keys = ['all'] + list(range(50, 100, 5))
-    out = tmp_path / 'eval_0.log'
-    out.write_text('Loading model... Done.\n\n' + format_map_table(
-        {'box': {k: 31.234 if k == 'all' else 50.0 for k in keys},
-         'mask': {k: 29.876 if k == 'all' else 40.0 for k in keys}}) + '\n\nbox (COCOeval summary):\n')
-    assert ls.eval_accuracy(str(out)) == (31.23, 29.88)
-    out.write_text('error: checkpoint not found\n')
-    with pytest.raises(ls.SummaryError, match='no mAP table'):
-        ls.eval_accuracy(str(out))
+def test_eval_accuracy_from_metrics_json(tmp_path):
+    from utils.eval_report import write_json
+    folder = tmp_path / 'eval_0_metrics'
+    folder.mkdir()
+    write_json(str(folder / 'metrics.json'), {'box': {'AP': 31.23, 'AP50': 50.0}, 'mask': {'AP': 29.88}})
+    assert ls.eval_accuracy(str(folder)) == (31.23, 29.88)
+    assert ls.eval_accuracy(str(folder / 'metrics.json')) == (31.23, 29.88)
+    write_json(str(folder / 'metrics.json'), {'box': {'AP': 12.5}})  # eval.py --detect: boxes only
+    assert ls.eval_accuracy(str(folder)) == (12.5, None)
+    (folder / 'metrics.json').write_text('{"box": ')
+    with pytest.raises(ls.SummaryError, match='no box AP'):
+        ls.eval_accuracy(str(folder))
+    with pytest.raises(ls.SummaryError, match='metrics.json not found'):
+        ls.eval_accuracy(str(tmp_path / 'missing'))
 
 
 def test_report_block_and_case_fields(tmp_path):

@@ -71,7 +71,9 @@ def _paths(root) -> DatasetPaths:
 
 
 def _checkpoint(folder):
-    (path,) = sorted(folder.glob('*.pth'))
+    """The one <config>_<epoch>_<iter>.pth in `folder` (a run that validated also keeps <config>_best.pth)."""
+    from utils.functions import SavePath
+    (path,) = sorted(p for p in folder.glob('*.pth') if not SavePath.is_best(str(p)))
     return path
 
 
@@ -118,6 +120,7 @@ def test_labelme_data_trains_and_evaluates_with_no_class_flags(tiny, labelme_roo
     out = capsys.readouterr().out
     assert 'Validation (epoch' in out and 'box mAP' in out
     assert read_classes(str(_checkpoint(tmp_path / 'b' / 'weights')))[0] == NAMES
+    assert read_classes(str(tmp_path / 'b' / 'weights' / 'tiny_train_best.pth'))[0] == NAMES
 
     # eval.py: the config from the file name, the classes from the file beside it.
     results = tmp_path / 'results'

@@ -61,6 +61,33 @@ def test_writer_records_scalars_and_an_image(tmp_path):
     assert (image.step, image.width, image.height) == (1, 32, 16)
 
 
+def test_writer_records_per_class_ap_and_the_plots(tmp_path):
+    import cv2
+    folder = tensorboard_folder(str(tmp_path / 'logs'), 'tiny_train')
+    plots = tmp_path / 'val'
+    plots.mkdir()
+    picture = np.zeros((40, 60, 3), np.uint8)
+    picture[:, :30] = (255, 0, 0)  # blue in BGR: TensorBoard must show it blue (RGB)
+    cv2.imwrite(str(plots / 'pr_curve.png'), picture)
+    cv2.imwrite(str(plots / 'confusion_matrix.png'), picture[:20])
+    writer = TensorBoardWriter(folder)
+    classes = [{'name': 'cat', 'category_id': 1, 'instances': 3, 'box': {'AP': 40.0}, 'mask': {'AP': 35.5}},
+               {'name': 'dog', 'category_id': 2, 'instances': 0, 'box': None, 'mask': None}]
+    writer.validation(7, {'box': {'all': 40.0}, 'mask': {'all': 35.5}, 'classes': classes})
+    writer.plots(str(plots), 7)
+    writer.close()
+    events = read_events(folder)
+    tags = events.Tags()
+    assert scalars(events, 'val_class_box_AP/cat') == [(7, 40.0)]
+    assert scalars(events, 'val_class_mask_AP/cat') == [(7, 35.5)]
+    assert not [t for t in tags['scalars'] if 'dog' in t]  # no ground truth: no AP to show
+    assert sorted(tags['images']) == ['val/confusion_matrix', 'val/pr_curve']
+    shown = events.Images('val/pr_curve')[0]
+    assert (shown.step, shown.width, shown.height) == (7, 60, 40)
+    decoded = cv2.imdecode(np.frombuffer(shown.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+    assert tuple(decoded[0, 0]) == (255, 0, 0)
+
+
 def test_writer_creates_nothing_until_the_first_record(tmp_path):
     writer = TensorBoardWriter(str(tmp_path / 'tb'))
     writer.flush()
@@ -105,7 +132,8 @@ def test_train_with_tensorboard_records_training_and_validation(tiny, tmp_path):
     import train
     flags = ('--max_iter', '2', '--validation_epoch', '1', '--validation_size', '2', '--no_log', '--tensorboard')
     assert train.main(tiny_args(tmp_path, *flags)) == 0
-    assert [p.name for p in (tmp_path / 'logs').iterdir()] == ['tensorboard']  # --no_log: no JSON log
+    # --no_log: no JSON log; the validation's metrics.json and plots (shown in TensorBoard) are written.
+    assert sorted(p.name for p in (tmp_path / 'logs').iterdir()) == ['tensorboard', 'tiny_train_val']
     events = read_events(tmp_path / 'logs' / 'tensorboard' / 'tiny_train')
     tags = events.Tags()
     assert {'loss/B', 'loss/C', 'loss/M', 'loss/S', 'loss/total', 'train/lr', 'train/img_per_sec',
@@ -118,6 +146,8 @@ def test_train_with_tensorboard_records_training_and_validation(tiny, tmp_path):
     assert all(v > 0 for _, v in scalars(events, 'train/img_per_sec'))
     assert [s for s, _ in scalars(events, 'val/box_mAP')] == [2]
     assert all(0 <= v <= 100 for _, v in scalars(events, 'val/mask_mAP'))
+    assert [t for t in tags['scalars'] if t.startswith('val_class_mask_AP/')]
+    assert {'val/pr_curve', 'val/confusion_matrix'} <= set(tags['images'])
     images = events.Images('val/predictions')
     # The synthetic val set's first 4 images, 320 px tiles with 4 px gaps.
     assert [(i.step, i.width, i.height) for i in images] == [(2, 4 * 320 + 3 * 4, 320)]

@@ -200,8 +200,11 @@ def test_save_path_names_latest_and_interrupt(tmp_path):
         SavePath.from_str('resnet101_reducedfc.pth')
     for name in ('yolact_base_1_100.pth', 'yolact_base_1_100.state.pt', 'yolact_base_2_250.pth',
                  'yolact_base_2_250.state.pt', 'yolact_base_im700_9_99999.pth', 'yolact_base_3_300_interrupt.pth',
-                 'yolact_base_3_300_interrupt.state.pt'):
+                 'yolact_base_3_300_interrupt.state.pt', 'yolact_base_best.pth', 'yolact_base_best.state.pt'):
         (tmp_path / name).write_bytes(b'x')
+    # The best validation's copy is newer than any but never the latest (nor an interrupt save).
+    os.utime(tmp_path / 'yolact_base_best.pth', (2e9, 2e9))
+    assert SavePath.is_best(SavePath.best_path('yolact_base', str(tmp_path)))
     assert SavePath.get_latest(str(tmp_path), 'yolact_base').endswith('yolact_base_3_300_interrupt.pth')
     assert SavePath.get_latest(str(tmp_path), 'yolact_base', include_interrupt=False).endswith('yolact_base_2_250.pth')
     assert SavePath.get_latest(str(tmp_path), 'yolact_base_im700').endswith('_9_99999.pth')
@@ -388,7 +391,8 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
 
     monkeypatch.setattr(evaluation, 'evaluate', fake_evaluate)
     train.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
-    assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True}
+    assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True,
+                    'results_dir': None, 'iteration': None}
 
 
 def test_optimizer_choice_from_config(monkeypatch):

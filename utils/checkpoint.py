@@ -62,7 +62,10 @@ def save_file(obj: Any, path: str) -> None:
 
 def config_name_from_checkpoint(path: str) -> str:
     """The config a checkpoint was saved with, read from its name like the original:
-    <config>_<epoch>_<iteration>.pth (or ..._interrupt.pth) -> <config>_config."""
+    <config>_<epoch>_<iteration>.pth (or ..._interrupt.pth), and train.py's <config>_best.pth
+    -> <config>_config."""
+    if SavePath.is_best(path):
+        return os.path.basename(path)[:-len(SavePath.BEST_SUFFIX + '.pth')] + '_config'
     try:
         return SavePath.from_str(path).model_name + '_config'
     except ValueError as err:

@@ -203,10 +203,18 @@ class TaskScores:
     ap: {'all': mean, 50: AP@.50, 55: ..., 95: ...} in percent.
     stats: the 12 numbers of COCOeval.summarize() (fractions; -1 where undefined).
     summary: summarize()'s printed text.
+    precision (ndarray[T, R, K]): COCOeval's eval['precision'] at area 'all' and the largest
+        maxDets: IoU threshold x recall threshold x category (-1 for a category without ground truth).
+    category_ids: the K categories' ids, in that order.
+    recall_thresholds (ndarray[R]), iou_thresholds (ndarray[T]): the axes of `precision`.
     """
     ap: Dict[Union[str, int], float]
     stats: List[float]
     summary: str
+    precision: Optional[np.ndarray] = None
+    category_ids: List[int] = field(default_factory=list)
+    recall_thresholds: Optional[np.ndarray] = None
+    iou_thresholds: Optional[np.ndarray] = None
 
 
 def _faster_evaluator(coco_gt: COCO, results: Union[str, List[dict]], iou_type: str):
@@ -249,8 +257,12 @@ def run_cocoeval(coco_gt: COCO, results: Union[str, List[dict]], task: str,
     with contextlib.redirect_stdout(summary):
         evaluator.summarize()
     # faster-coco-eval's summary goes on with AR@.50 and AR@.75; the 12 numbers come first.
+    params = evaluator.params
+    precision = np.asarray(evaluator.eval['precision'])[:, :, :, params.areaRngLbl.index('all'), -1]
     return TaskScores(ap=ap_per_threshold(evaluator), stats=[float(s) for s in evaluator.stats[:12]],
-                      summary=summary.getvalue())
+                      summary=summary.getvalue(), precision=precision,
+                      category_ids=[int(c) for c in params.catIds],
+                      recall_thresholds=np.asarray(params.recThrs), iou_thresholds=np.asarray(params.iouThrs))
 
 
 def ap_per_threshold(evaluator: COCOeval) -> Dict[Union[str, int], float]:
@@ -317,3 +329,100 @@ def parse_map_table(text: str) -> Dict[str, Dict[Union[str, int], float]]:
         elif keys and cells[0] in IOU_TYPES:
             maps[cells[0]] = {k: float(v) for k, v in zip(keys, cells[1:])}
     return maps
+
+
+# COCOeval.summarize()'s 12 numbers, in its order, under the names metrics.json gives them.
+STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+
+def class_ap(scores: TaskScores) -> List[Optional[Dict[str, float]]]:
+    """Per category (in `scores.category_ids` order): {'AP', 'AP50', 'AP75'} in percent, or None
+    for a category without ground truth in the evaluated images.
+
+    The same precision entries as COCOeval's stats[0], grouped by category: each category's AP is
+    the mean over IoU thresholds and recall thresholds, so the mean of the rows is stats[0].
+    """
+    if scores.precision is None:
+        raise ValueError("these TaskScores carry no precision array (run_cocoeval keeps it)")
+    ious = [int(round(t * 100)) for t in scores.iou_thresholds]
+    rows: List[Optional[Dict[str, float]]] = []
+    for k in range(scores.precision.shape[2]):
+        p = scores.precision[:, :, k]
+        # accumulate() fills a category's precision for every threshold or for none.
+        if (p <= -1).all():
+            rows.append(None)
+            continue
+        rows.append({'AP': float(p.mean() * 100),
+                     'AP50': float(p[ious.index(50)].mean() * 100) if 50 in ious else float('nan'),
+                     'AP75': float(p[ious.index(75)].mean() * 100) if 75 in ious else float('nan')})
+    return rows
+
+
+def gt_instances(coco_gt: COCO, image_ids: Iterable[int]) -> Dict[int, int]:
+    """Non-crowd ground-truth instances per category id in the images `image_ids`."""
+    counts = {int(c): 0 for c in coco_gt.getCatIds()}
+    for image_id in set(int(i) for i in image_ids):
+        for ann in coco_gt.imgToAnns.get(image_id, []):
+            if not ann.get('iscrowd', 0):
+                counts[int(ann['category_id'])] = counts.get(int(ann['category_id']), 0) + 1
+    return counts
+
+
+def confusion_matrix(coco_gt: COCO, detections: Sequence[dict], image_ids: Iterable[int],
+                     iou_threshold: float = 0.5, score_threshold: float = 0.3) -> np.ndarray:
+    """Counts of (true class, predicted class) over the images `image_ids`.
+
+    Per image, the detections scoring at least `score_threshold` are taken best first, and each is
+    matched to the unmatched non-crowd ground truth instance (of any class) it overlaps most, if
+    that IoU is at least `iou_threshold`. The IoU is of masks when the detections are mask results
+    ('segmentation'), else of boxes ('bbox'). A detection left unmatched that lies on a crowd
+    region (IoU >= threshold, computed as COCOeval does for crowds) is ignored, as COCOeval ignores it.
+
+    Args:
+        detections: COCO result dicts (CocoResults.segm or .bbox).
+    Returns:
+        ndarray[K + 1, K + 1] int64 over the K categories of `coco_gt` in sorted id order, then
+        background: rows are the true class (the last row: detections that match nothing), columns
+        the predicted class (the last column: ground truth that no detection matched).
+    """
+    cat_ids = sorted(int(c) for c in coco_gt.getCatIds())
+    index = {c: i for i, c in enumerate(cat_ids)}
+    background = len(cat_ids)
+    counts = np.zeros((background + 1, background + 1), dtype=np.int64)
+    ids = set(int(i) for i in image_ids)
+    by_image: Dict[int, List[dict]] = {i: [] for i in ids}
+    for det in detections:
+        if det['score'] >= score_threshold and int(det['image_id']) in by_image:
+            by_image[int(det['image_id'])].append(det)
+    use_masks = any('segmentation' in d for d in detections)
+    for image_id in sorted(ids):
+        anns = coco_gt.imgToAnns.get(image_id, [])
+        gts = [a for a in anns if not a.get('iscrowd', 0)]
+        crowds = [a for a in anns if a.get('iscrowd', 0)]
+        dets = sorted(by_image[image_id], key=lambda d: -d['score'])
+
+        def regions(items, is_gt):
+            if use_masks:
+                return [coco_gt.annToRLE(a) if is_gt else a['segmentation'] for a in items]
+            return [list(a['bbox']) for a in items]
+
+        iou = np.zeros((len(dets), len(gts)))
+        crowd_iou = np.zeros((len(dets), len(crowds)))
+        if dets and gts:
+            iou = np.asarray(mask_utils.iou(regions(dets, False), regions(gts, True), [0] * len(gts)))
+        if dets and crowds:
+            crowd_iou = np.asarray(mask_utils.iou(regions(dets, False), regions(crowds, True), [1] * len(crowds)))
+        matched = np.zeros(len(gts), dtype=bool)
+        for d, det in enumerate(dets):
+            predicted = index[int(det['category_id'])]
+            candidates = np.where(matched, -1.0, iou[d]) if gts else np.zeros(0)
+            best = int(candidates.argmax()) if candidates.size else -1
+            if best >= 0 and candidates[best] >= iou_threshold:
+                matched[best] = True
+                counts[index[int(gts[best]['category_id'])], predicted] += 1
+            elif not (crowds and crowd_iou[d].max() >= iou_threshold):
+                counts[background, predicted] += 1
+        for g, gt in enumerate(gts):
+            if not matched[g]:
+                counts[index[int(gt['category_id'])], background] += 1
+    return counts

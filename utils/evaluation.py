@@ -11,6 +11,7 @@ in utils/coco_results.py, the network runner in utils/inference.py.
 import dataclasses
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +20,8 @@ from tqdm import tqdm
 
 from data.coco import get_label_map
 from layers.output_utils import postprocess
-from utils.coco_results import CocoResults, evaluate_results, format_map_table
+from utils.coco_results import CocoResults, confusion_matrix, evaluate_results, format_map_table, gt_instances
+from utils.eval_report import CONFUSION_IOU, CONFUSION_SCORE, class_rows, format_class_table, write_report
 from utils.inference import Predictor, benchmark
 
 
@@ -43,6 +45,9 @@ class EvalOptions:
     bbox_det_file: str = 'results/bbox_detections.json'
     mask_det_file: str = 'results/mask_detections.json'
     coco_eval: str = 'pycocotools'
+    results_dir: Optional[str] = None  # metrics.json and plots go here (None: not written)
+    checkpoint: Optional[str] = None  # what metrics.json names as the evaluated model
+    iteration: Optional[int] = None  # the training iteration of a validation
 
 
 def configure_detect(net: torch.nn.Module, opts: EvalOptions) -> None:
@@ -106,7 +111,8 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
         overrides: option values by flag name, e.g. ``max_images=50, fast_nms=False``.
     Returns:
         {'box': {'all': mAP, 50: AP50, 55: ..., 95: AP95}, 'mask': {...} (percent),
-         'box_stats': [12 COCOeval stats], 'mask_stats': [...]}; 'mask*' is absent when the
+         'box_stats': [12 COCOeval stats], 'mask_stats': [...], 'classes': the per-class table
+         (eval_report.ClassRow.as_dict() rows)}; 'mask*' is absent when the
         config's eval_mask_branch is off (--detect). None when the dataset has no ground truth (the
         json files are written) or with `benchmark` (the FPS is printed).
     """
@@ -130,11 +136,13 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
 
 
 def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Optional[torch.dtype] = None,
-                   coco_eval: str = 'pycocotools') -> Optional[Dict[str, Any]]:
+                   coco_eval: str = 'pycocotools', results_dir: Optional[str] = None,
+                   iteration: Optional[int] = None) -> Optional[Dict[str, Any]]:
     """Training's validation: box and mask mAP of `net` on (at most) `max_images` images with the
-    default options, quietly: {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}}. The net is left
-    in train mode."""
-    overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval}
+    default options, quietly: {'box': {'all': mAP, 50: AP50, ...}, 'mask': {...}, 'classes': [...]}.
+    With `results_dir`, metrics.json and the plots are written there. The net is left in train mode."""
+    overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval,
+                                 'results_dir': results_dir, 'iteration': iteration}
     if amp_dtype is not None:
         overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
     try:
@@ -146,7 +154,9 @@ def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Op
 
 def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: EvalOptions,
                      verbose: bool) -> Optional[Dict[str, Any]]:
-    """Run the network over `order`'s images, collect COCO results and score them."""
+    """Run the network over `order`'s images, collect COCO results and score them (and write the
+    results folder, opts.results_dir)."""
+    start = time.perf_counter()
     with_masks = bool(predictor.config.eval_mask_branch)
     results = CocoResults(getattr(dataset, 'label_map', None) or get_label_map(predictor.config.dataset))
     for index in tqdm(order, unit='img', disable=opts.no_bar or not verbose):
@@ -171,19 +181,36 @@ def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: 
 
     tasks = ('box', 'mask') if with_masks else ('box',)
     scores = evaluate_results(dataset.coco, results, tasks, backend=opts.coco_eval)
-    summary = {}
+    names = {int(c): cat['name'] for c, cat in dataset.coco.cats.items()}
+    rows = class_rows(scores, names, gt_instances(dataset.coco, results.image_ids))
+    summary: Dict[str, Any] = {}
     for task in tasks:
         summary[task] = scores[task].ap
         summary[f'{task}_stats'] = scores[task].stats
+    summary['classes'] = [r.as_dict() for r in rows]
     if verbose:
-        print_results(scores, len(order))
+        print_results(scores, len(order), rows)
+    if opts.results_dir:
+        confusion = confusion_matrix(dataset.coco, results.segm if with_masks else results.bbox,
+                                     results.image_ids, CONFUSION_IOU, CONFUSION_SCORE)
+        write_report(opts.results_dir, scores, rows, confusion, 'mask' if with_masks else 'box',
+                     checkpoint=opts.checkpoint, iteration=opts.iteration, config=predictor.config.name,
+                     dataset=predictor.config.dataset.name, annotations=getattr(dataset, 'info_file', None),
+                     images=len(order), coco_eval=opts.coco_eval,
+                     seconds=round(time.perf_counter() - start, 2))
+        if verbose:
+            print(f'Metrics and plots written to {opts.results_dir}/')
     return summary
 
 
-def print_results(scores, num_images: int) -> None:
-    """The original's mAP table, then COCOeval's 12-number summary for each task."""
+def print_results(scores, num_images: int, rows=None) -> None:
+    """The original's mAP table, the per-class table (`rows`, eval_report.class_rows), then
+    COCOeval's 12-number summary for each task."""
     print(f'\nmAP over {num_images} images (COCOeval):\n')
     print(format_map_table({task: s.ap for task, s in scores.items()}))
+    if rows:
+        print('\nPer class (AP in percent; inst: ground truth instances; -: none, not in the mean):\n')
+        print(format_class_table(rows))
     for task, s in scores.items():
         print(f'\n{task} (COCOeval summary):')
         print(s.summary.rstrip())

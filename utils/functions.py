@@ -1,7 +1,9 @@
 """Small training helpers: a windowed moving average, checkpoint file names, a writable-folder check.
 
 `SavePath` names and parses checkpoints as the original did (`<config>_<epoch>_<iter>.pth`,
-`<config>_<epoch>_<iter>_interrupt.pth`), so `--resume latest` finds files written by either.
+`<config>_<epoch>_<iter>_interrupt.pth`), so `--resume latest` finds files written by either. The
+best validation's copy, `<config>_best.pth`, is no `<config>_<epoch>_<iter>.pth`: `--resume latest`
+never takes it.
 """
 import math
 import os
@@ -55,6 +57,16 @@ class SavePath:
     """
 
     INTERRUPT_SUFFIX = '_interrupt'
+    BEST_SUFFIX = '_best'
+
+    @staticmethod
+    def best_path(model_name: str, root: str = '') -> str:
+        """`<model_name>_best.pth`: train.py's copy of the checkpoint with the best validation mAP."""
+        return os.path.join(root, f'{model_name}{SavePath.BEST_SUFFIX}.pth')
+
+    @staticmethod
+    def is_best(path: str) -> bool:
+        return os.path.basename(path).endswith(SavePath.BEST_SUFFIX + '.pth')
 
     def __init__(self, model_name: str, epoch: int, iteration: Union[int, str]):
         self.model_name = model_name

@@ -3,15 +3,16 @@ Ascend-style summary (printed block and ``<CaseName>.log`` key = value file).
 
     python -m utils.launch_summary checkpoint --log_folder L --save_folder S --console train_0.log
     python -m utils.launch_summary report --case YOLACT_bs8_1p_acc --rank_size 1 --batch_size 8 \
-        --node_device cpu --log_folder L --console train_0.log --eval_output eval_0.log \
+        --node_device cpu --log_folder L --console train_0.log --metrics eval_0_metrics \
         --e2e_seconds 123 --out test/output/0/YOLACT_bs8_1p_acc.log
 
 The numbers come from train.py's JSON-lines log (the ``summary`` record of the last session) and,
 when the log is switched off (--no_log), from the ``Train summary:`` line train.py prints. The
-accuracy is read from the mAP table eval.py prints.
+accuracy is read from the metrics.json eval.py writes (its --results_dir).
 """
 import argparse
 import glob
+import json
 import math
 import os
 import platform
@@ -31,7 +32,7 @@ _SAVED_LINE = re.compile(r'Training finished at iteration \d+; saved (.+)\.\s*$'
 
 
 class SummaryError(RuntimeError):
-    """The run left nothing to summarise (no log record, no checkpoint, no mAP table)."""
+    """The run left nothing to summarise (no log record, no checkpoint, no metrics.json)."""
 
 
 @dataclass
@@ -121,7 +122,8 @@ def _checkpoint_rank(path: str) -> Tuple[float, int]:
 def final_checkpoint(save_folder: str, log_folder: Optional[str] = None,
                      console: Optional[str] = None, since: Optional[float] = None) -> str:
     """The checkpoint the run ended with: the one its summary names, else the newest `.pth` in
-    `save_folder` (interrupt saves excluded; the highest iteration wins among equally new files)."""
+    `save_folder` (interrupt saves and the best copy excluded; the highest iteration wins among
+    equally new files)."""
     try:
         named = train_result(log_folder or save_folder, console, since).checkpoint
     except SummaryError:
@@ -129,26 +131,28 @@ def final_checkpoint(save_folder: str, log_folder: Optional[str] = None,
     if named and os.path.isfile(named):
         return named
     candidates = [p for p in glob.glob(os.path.join(save_folder, '*.pth'))
-                  if not p.endswith(SavePath.INTERRUPT_SUFFIX + '.pth')]
+                  if not p.endswith(SavePath.INTERRUPT_SUFFIX + '.pth') and not SavePath.is_best(p)]
     if not candidates:
         raise SummaryError(f"no checkpoint (*.pth) found in {save_folder}")
     return max(candidates, key=_checkpoint_rank)
 
 
-def eval_accuracy(eval_output: str) -> Tuple[float, Optional[float]]:
-    """(box mAP, mask mAP) in percent from the last mAP table eval.py printed; mask is None when
-    only boxes were evaluated."""
-    # Imported here: it pulls in torch, which the checkpoint lookup does not need.
-    from utils.coco_results import parse_map_table
-
-    if not os.path.isfile(eval_output):
-        raise SummaryError(f"eval output not found: {eval_output}")
-    with open(eval_output, errors='replace') as f:
-        maps = parse_map_table(f.read())
-    if 'box' not in maps or 'all' not in maps['box']:
-        raise SummaryError(f"no mAP table in {eval_output} (did eval.py fail?)")
-    mask = maps.get('mask', {}).get('all')
-    return maps['box']['all'], mask
+def eval_accuracy(metrics: str) -> Tuple[float, Optional[float]]:
+    """(box mAP, mask mAP) in percent from the metrics.json eval.py wrote (`metrics`: the file or
+    its folder, eval.py's --results_dir); mask is None when only boxes were evaluated."""
+    path = os.path.join(metrics, 'metrics.json') if os.path.isdir(metrics) else metrics
+    if not os.path.isfile(path):
+        raise SummaryError(f"metrics.json not found: {path} (did eval.py fail?)")
+    with open(path, errors='replace') as f:
+        try:
+            content = json.load(f)
+        except json.JSONDecodeError:
+            content = None
+    box = content.get('box', {}).get('AP') if isinstance(content, dict) else None
+    if box is None:
+        raise SummaryError(f"no box AP in {path}")
+    mask = content.get('mask', {}).get('AP')
+    return float(box), None if mask is None else float(mask)
 
 
 def _fmt(value: Optional[float], digits: int) -> str:
@@ -223,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--console', default=None, help="train.py's console output")
     rp.add_argument('--since', type=float, default=None,
                     help='unix time the run started: older log sessions are not this run')
-    rp.add_argument('--eval_output', default=None, help="eval.py's output (full runs)")
+    rp.add_argument('--metrics', default=None, help="the metrics.json eval.py wrote, or its folder (full runs)")
     rp.add_argument('--e2e_seconds', type=int, required=True)
     rp.add_argument('--out', required=True, help='the <CaseName>.log file to write')
     return p
@@ -236,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(final_checkpoint(args.save_folder, args.log_folder, args.console, args.since))
             return 0
         result = train_result(args.log_folder, args.console, args.since)
-        accuracy = eval_accuracy(args.eval_output) if args.eval_output else None
+        accuracy = eval_accuracy(args.metrics) if args.metrics else None
         block, fields = report(args.case, args.rank_size, args.batch_size, args.node_device, result,
                                args.e2e_seconds, accuracy)
         write_case_file(args.out, fields)

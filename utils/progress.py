@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
+from utils.eval_report import ClassRow, format_class_table
 from utils.functions import MovingAverage
 from utils.logger import Log
 from utils.tensorboard import TensorBoardWriter
@@ -107,7 +108,10 @@ class Reporter:
                     f'({in_a_row} in a row, {total} in total)')
         self._log('nonfinite', loss=losses, epoch=epoch, iter=iteration, in_a_row=in_a_row, total=total)
 
-    def validation(self, epoch: int, iteration: int, val_info: Optional[Dict[str, Any]], elapsed: float) -> None:
+    def validation(self, epoch: int, iteration: int, val_info: Optional[Dict[str, Any]], elapsed: float,
+                   results_dir: Optional[str] = None) -> None:
+        """The mAP line and the per-class table; `results_dir`: where metrics.json and the plots
+        were written (TensorBoard shows the plots)."""
         if val_info is None:
             self._print('Validation: the validation set has no ground truth, no mAP computed.')
             val_info = {}
@@ -116,24 +120,46 @@ class Reporter:
             self._print(f'Validation (epoch {epoch}, iteration {iteration}): box mAP {_map_text(box)}, '
                         f'mask mAP {_map_text(mask)} '
                         f'({elapsed:.1f}s)')
+            if val_info.get('classes'):
+                self._print(format_class_table([ClassRow.from_dict(r) for r in val_info['classes']])
+                            + (f'\n(metrics.json and plots in {results_dir}/)' if results_dir else ''))
         self._log('val', val_info, elapsed=elapsed, epoch=epoch, iter=iteration)
         if self.tensorboard is not None:
             self.tensorboard.validation(iteration, val_info)
+            if results_dir is not None and val_info:
+                self.tensorboard.plots(results_dir, iteration)
             self.tensorboard.flush()
+
+    def best(self, best: Any, path: Optional[str]) -> None:
+        """A validation beat every earlier one (`best`: train_state.BestRecord) and was saved."""
+        self._print(f'New best validation at iteration {best.iteration}: mask mAP {_map_text(best.mask)}, '
+                    f'box mAP {_map_text(best.box)}; saved {path}')
+        self._log('best', iter=best.iteration, epoch=best.epoch, box=best.box, mask=best.mask, checkpoint=path)
+
+    def early_stop(self, patience: int, iteration: int, best: Any) -> None:
+        self._print(f'Stopping at iteration {iteration}: {patience} validation(s) in a row without a better '
+                    f'mask mAP (--patience {patience}; best: iteration {best.iteration}).')
+        self._log('early_stop', iter=iteration, patience=patience, best_iter=best.iteration)
 
     def interrupted(self, signal_name: str, epoch: int, iteration: int, path: Optional[str]) -> None:
         self._log('interrupt', signal=signal_name, epoch=epoch, iter=iteration, checkpoint=path)
         self._print(f'Stopped by {signal_name} at iteration {iteration}; saved {path}.\n'
                     f'Resume with the same flags plus --resume=interrupt (or --resume={path}).')
 
-    def summary(self, iteration: int, iterations: int, nonfinite_total: int, path: Optional[str]) -> None:
-        """The closing lines the launch scripts read (utils/launch_summary.py) and the summary record."""
+    def summary(self, iteration: int, iterations: int, nonfinite_total: int, path: Optional[str],
+                best: Any = None) -> None:
+        """The closing lines the launch scripts read (utils/launch_summary.py) and the summary record;
+        `best` (train_state.BestRecord) names the best validation."""
         final_loss, fps = self.progress.final_loss(), self.progress.avg_fps()
         self._print(f'Training finished at iteration {iteration}; saved {path}.\n'
                     f'Train summary: iterations={iterations} images_per_sec={fps:.3f} '
                     f'final_loss={final_loss:.4f} nonfinite_skipped={nonfinite_total}')
+        best_iter = best.iteration if best is not None else None
+        if best_iter is not None:
+            self._print(f'Best validation: iteration {best_iter}, mask mAP {_map_text(best.mask)}, '
+                        f'box mAP {_map_text(best.box)}')
         self._log('summary', iter=iteration, images_per_sec=fps, final_loss=final_loss,
-                  nonfinite_skipped=nonfinite_total, checkpoint=path)
+                  nonfinite_skipped=nonfinite_total, checkpoint=path, best_iter=best_iter)
 
     def close(self) -> None:
         """Write out what is buffered (TensorBoard); called when training ends, however it ends."""

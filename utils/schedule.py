@@ -1,6 +1,7 @@
 """The optimisation schedule of a training run: the config and flags combined (`configure`), the
 learning rate at each iteration, and the optimizer. train.py wires these into its loop."""
 import argparse
+import os
 from dataclasses import dataclass
 from typing import List
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.graph import increment_version
 
-from data.coco import DatasetPaths, dataset_from_annotations, user_dataset_paths
+from data.coco import DatasetPaths, coco_dataset_paths, dataset_from_annotations, user_dataset_paths
 from data.config import ConfigError, cfg, set_cfg, set_dataset, use_dataset
 from utils.distributed import DistInfo
 
@@ -41,6 +42,13 @@ def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
     set_cfg(args.config or DEFAULT_CONFIG)
     if args.dataset is not None:
         set_dataset(args.dataset)
+    if args.validation_epoch > 0 and args.data is not None and args.valid_info is None \
+            and not os.path.isfile(coco_dataset_paths(args.data, ('train',)).valid_info):
+        # A dataset converted with everything in train (labelme2coco --val_fraction 0).
+        if info.is_main:
+            print(f"{args.data} has no validation split ({coco_dataset_paths(args.data, ('train',)).valid_info} "
+                  f"not found): training without validation.")
+        args.validation_epoch = 0
     # A run without validation needs no validation files (the performance scripts).
     splits = ('train', 'val') if args.validation_epoch > 0 else ('train',)
     paths = user_dataset_paths(args.data, {f: getattr(args, f) for f in DatasetPaths._fields}, splits)

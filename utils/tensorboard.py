@@ -8,7 +8,9 @@ Tags (the step is the iteration, counted like the JSON-lines log's ``iter``):
     loss/B, loss/C, loss/M, loss/S, ... (each loss term of a finite step), loss/total,
     train/lr, train/img_per_sec (global batch / duration of that step),
     val/box_mAP, val/mask_mAP, val/box_AP50, val/box_AP75, val/mask_AP50, val/mask_AP75,
-    val/predictions (the network's detections on the first few validation images, one grid).
+    val/predictions (the network's detections on the first few validation images, one grid),
+    val_class_box_AP/<class>, val_class_mask_AP/<class> (each class's AP; none for a class without
+    ground truth), val/pr_curve and val/confusion_matrix (the plots of utils/eval_report.py).
 
 tensorboard is an optional dependency (requirements-tensorboard.txt): `check_tensorboard` tells a
 missing package apart before training starts; this module itself imports without it.
@@ -151,8 +153,13 @@ class TensorBoardWriter:
             add('train/img_per_sec', img_per_sec, iteration)
 
     def validation(self, iteration: int, val_info: Optional[Dict[str, Any]]) -> None:
-        """val/<box|mask>_mAP and _AP50 / _AP75 from eval.validation_map's dict (None: no ground
-        truth, nothing recorded)."""
+        """val/<box|mask>_mAP and _AP50 / _AP75, and each class's AP, from eval.validation_map's
+        dict (None: no ground truth, nothing recorded)."""
+        for row in (val_info or {}).get('classes') or []:
+            for task in ('box', 'mask'):
+                ap = _number((row.get(task) or {}).get('AP'))
+                if ap is not None:
+                    self.writer.add_scalar(f'val_class_{task}_AP/{row["name"]}', ap, iteration)
         for task, aps in (val_info or {}).items():
             if not isinstance(aps, dict):
                 continue
@@ -167,6 +174,14 @@ class TensorBoardWriter:
     def image(self, tag: str, image: np.ndarray, iteration: int) -> None:
         """image (ndarray[H, W, 3] uint8 RGB)."""
         self.writer.add_image(tag, image, iteration, dataformats='HWC')
+
+    def plots(self, folder: str, iteration: int) -> None:
+        """val/pr_curve and val/confusion_matrix: the PNGs a validation wrote to `folder`."""
+        from utils.eval_report import CONFUSION_FILE, PR_CURVE_FILE
+        for name, tag in ((PR_CURVE_FILE, 'val/pr_curve'), (CONFUSION_FILE, 'val/confusion_matrix')):
+            picture = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+            if picture is not None:
+                self.image(tag, cv2.cvtColor(picture, cv2.COLOR_BGR2RGB), iteration)
 
     def predictions(self, net: nn.Module, dataset, iteration: int, class_names: Sequence[str],
                     amp_dtype: Optional[torch.dtype] = None, count: int = PREDICTION_IMAGES) -> None:

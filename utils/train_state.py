@@ -7,9 +7,11 @@ scaler), so a resumed run continues exactly where it stopped, and `<config>_<epo
 (the class names the model predicts, for eval.py and export.py). The state is written first and the
 weights last, each atomically: a weights file on disk marks a complete checkpoint.
 """
+import math
 import os
 import random
 import zipfile
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,10 +69,12 @@ def _set_rng_states(states: Dict[str, Any], device: torch.device) -> None:
 def make_training_state(iteration: int, epoch: int, optimizer: torch.optim.Optimizer, lr: float,
                         seed: int, sched: Any, device: torch.device, scaler=None,
                         nonfinite_total: int = 0, config: str = '',
-                        rank_rngs: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+                        rank_rngs: Optional[List[Dict[str, Any]]] = None,
+                        best: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Everything besides the weights that an exact resume needs (`sched`: train.Schedule).
     `rank_rngs`: every rank's rng_states (by rank) in a multi-process run: the loss draws random
-    numbers (mask subsampling) on each rank, so each rank resumes its own stream."""
+    numbers (mask subsampling) on each rank, so each rank resumes its own stream. `best`: the
+    best validation so far (train.BestRecord.as_dict()), so a resumed run keeps its record."""
     return {
         'format': STATE_FORMAT,
         'config': config,
@@ -84,6 +88,7 @@ def make_training_state(iteration: int, epoch: int, optimizer: torch.optim.Optim
         'rank_rngs': rank_rngs,
         'scaler': scaler.state_dict() if scaler is not None else None,
         'nonfinite_total': nonfinite_total,
+        'best': best,
     }
 
 
@@ -129,6 +134,40 @@ def restore_training_state(weights_path: str, state: Optional[Dict[str, Any]], o
     return state['iteration'], state.get('nonfinite_total', 0)
 
 
+# ----------------------------------------------------------------------------- the best validation
+
+def _rank_key(box: Optional[float], mask: Optional[float]) -> Tuple[float, float]:
+    # Mask mAP decides, box mAP breaks ties; a config without masks is ranked by boxes alone.
+    return (-math.inf if mask is None else mask, -math.inf if box is None else box)
+
+
+@dataclass
+class BestRecord:
+    """A run's best validation so far (mask mAP first, box mAP on a tie; percent) and how many
+    validations came after it without beating it. Saved in the training state, so a resumed run
+    keeps it; a new run (and a fine-tune) starts without one."""
+    iteration: Optional[int] = None
+    epoch: Optional[int] = None
+    box: Optional[float] = None
+    mask: Optional[float] = None
+    stale: int = 0
+
+    def offer(self, iteration: int, epoch: int, box: Optional[float], mask: Optional[float]) -> bool:
+        """Record a validation; True when it beats every earlier one (it becomes the best)."""
+        if self.iteration is None or _rank_key(box, mask) > _rank_key(self.box, self.mask):
+            self.iteration, self.epoch, self.box, self.mask, self.stale = iteration, epoch, box, mask, 0
+            return True
+        self.stale += 1
+        return False
+
+    def as_dict(self) -> Optional[Dict[str, Any]]:
+        return asdict(self) if self.iteration is not None else None
+
+    @staticmethod
+    def from_dict(record: Optional[Dict[str, Any]]) -> 'BestRecord':
+        return BestRecord(**record) if record else BestRecord()
+
+
 # ----------------------------------------------------------------------------- writing
 
 def remove_checkpoint(weights_path: str) -> None:
@@ -149,14 +188,16 @@ def write_checkpoint(net: Any, weights_path: str, state: Dict[str, Any], keep_la
     """Write the training state and the class list (`classes`: names and label map), then the
     weights (`net.save_weights`), then tidy the folder.
 
-    An interrupt save replaces older interrupt saves. With `keep_latest`, a periodic save replaces
-    the previous periodic one once it is complete, except milestones at multiples of
-    `keep_interval`. Raises CheckpointWriteError, leaving the earlier checkpoints intact.
+    An interrupt save replaces older interrupt saves; a `<config>_best.pth` only itself. With
+    `keep_latest`, a periodic save replaces the previous periodic one once it is complete, except
+    milestones at multiples of `keep_interval`. Raises CheckpointWriteError, leaving the earlier checkpoints intact.
     """
     folder = os.path.dirname(weights_path) or '.'
     interrupt = weights_path.endswith(SavePath.INTERRUPT_SUFFIX + '.pth')
-    config = SavePath.from_str(weights_path).model_name
-    previous = None if interrupt else SavePath.get_latest(folder, config, include_interrupt=False)
+    # The best copy (<config>_best.pth) replaces only itself: nothing to tidy.
+    best = SavePath.is_best(weights_path)
+    previous = None if interrupt or best else \
+        SavePath.get_latest(folder, SavePath.from_str(weights_path).model_name, include_interrupt=False)
     try:
         save_file(state, state_path(weights_path))
         if classes is not None:
