@@ -69,6 +69,7 @@ from utils.train_state import (
     load_training_state,
     make_training_state,
     restore_training_state,
+    resumed_best,
     rng_states,
     seed_everything,
     write_checkpoint,
@@ -449,7 +450,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
 
     iteration, nonfinite_total = 0, 0
     # A resumed run keeps its best validation; a new run or fine-tune starts a record of its own.
-    best = BestRecord.from_dict(state.get('best') if state is not None else None)
+    best = resumed_best(state, SavePath.best_path(cfg.name, args.save_folder)) if resume_path is not None \
+        else BestRecord()
     if resume_path is not None:
         iteration, nonfinite_total = restore_training_state(resume_path, state, sched_optimizer, scaler, device,
                                                             say=print if info.is_main else None,

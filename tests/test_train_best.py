@@ -10,7 +10,7 @@ import torch
 from test_train import tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 
 from utils.checkpoint import config_name_from_checkpoint, load_file, read_classes
-from utils.train_state import BestRecord
+from utils.train_state import BestRecord, resumed_best
 
 
 def script_validations(monkeypatch, maps):
@@ -66,6 +66,12 @@ def test_best_checkpoint_patience_resume_and_finetune(tiny, tmp_path, monkeypatc
     best_weights = torch.load(str(weights / 'tiny_train_best.pth'), weights_only=True)
     final_weights = torch.load(str(weights / 'tiny_train_3_8.pth'), weights_only=True)
     assert any(not torch.equal(best_weights[k], final_weights[k]) for k in best_weights)
+
+    # A run stopped after a new best but before its next checkpoint resumes from a state with an
+    # older record: the best file's record wins, so a worse validation cannot replace that file.
+    older = dict(final, best={'iteration': 4, 'epoch': 1, 'box': 5.0, 'mask': 10.0, 'stale': 0})
+    assert resumed_best(older, str(weights / 'tiny_train_best.pth')).iteration == 6
+    assert resumed_best(final, str(weights / 'missing_best.pth')).iteration == 6
 
     # --resume latest takes the iteration-8 checkpoint (not the best copy) and keeps the record:
     # 18 < 20 is no new best, so the best copy stays the iteration-6 one.

@@ -167,6 +167,24 @@ class BestRecord:
     def from_dict(record: Optional[Dict[str, Any]]) -> 'BestRecord':
         return BestRecord(**record) if record else BestRecord()
 
+    def beats(self, other: 'BestRecord') -> bool:
+        return self.iteration is not None and (
+            other.iteration is None or _rank_key(self.box, self.mask) > _rank_key(other.box, other.mask))
+
+
+def resumed_best(state: Optional[Dict[str, Any]], best_path: str) -> BestRecord:
+    """The best validation a resumed run continues from: the one in the resumed training state, or
+    the one `best_path` (<config>_best.pth) was saved with when that is better, since a run stopped
+    after a new best but before its next checkpoint must not later overwrite the best file with a
+    worse one."""
+    record = BestRecord.from_dict(state.get('best') if state is not None else None)
+    try:
+        saved = load_training_state(best_path) if os.path.isfile(best_path) else None
+    except CheckpointError:
+        saved = None  # an unreadable best file is replaced by the next best validation
+    on_disk = BestRecord.from_dict(saved.get('best') if saved is not None else None)
+    return on_disk if on_disk.beats(record) else record
+
 
 # ----------------------------------------------------------------------------- writing
 
