@@ -116,10 +116,10 @@ def test_train_amp_on_cpu_without_native_bf16_prints_one_line_and_runs_float32(m
     assert utils.device.autocast_dtype(CPU, forced.amp, forced.amp_dtype) == torch.bfloat16
 
 
-def test_predictor_amp_follows_the_decision(native_bf16):
-    from utils.inference import Predictor
+def test_net_runner_amp_follows_the_decision(native_bf16):
+    from utils.inference import NetRunner
     net = torch.nn.Conv2d(3, 3, 1)
-    predictor = Predictor(net, amp=True)
+    predictor = NetRunner(net, amp=True)
     assert predictor.amp is native_bf16
     assert predictor.dtype == (torch.bfloat16 if native_bf16 else None)
-    assert Predictor(net, amp=True, amp_dtype_name='bf16').dtype == torch.bfloat16
+    assert NetRunner(net, amp=True, amp_dtype_name='bf16').dtype == torch.bfloat16

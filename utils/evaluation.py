@@ -20,7 +20,7 @@ from tqdm import tqdm
 from data.coco import get_label_map
 from layers.output_utils import postprocess
 from utils.coco_results import CocoResults, evaluate_results, format_map_table
-from utils.inference import Predictor, benchmark
+from utils.inference import NetRunner, benchmark
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _options(opts: Optional[EvalOptions], overrides: Dict[str, Any]) -> EvalOpti
     return dataclasses.replace(opts, **overrides)
 
 
-def _network_input(dataset, index: int, predictor: Predictor) -> Tuple[torch.Tensor, int, int]:
+def _network_input(dataset, index: int, predictor: NetRunner) -> Tuple[torch.Tensor, int, int]:
     """(Tensor[1, 3, h, w] backbone input, image height, width) of one dataset image."""
     if dataset.transform is not None:
         img, _, _, height, width, _ = dataset.pull_item(index)
@@ -116,7 +116,7 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
     was_training = net.training
     net.eval()
     try:
-        predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
+        predictor = NetRunner(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
         order = eval_order(dataset.ids, opts.shuffle, opts.no_sort, opts.seed)
         if opts.max_images >= 0:
             order = order[:opts.max_images]
@@ -144,7 +144,7 @@ def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Op
         net.train()
 
 
-def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: EvalOptions,
+def evaluate_dataset(predictor: NetRunner, dataset, order: Sequence[int], opts: EvalOptions,
                      verbose: bool) -> Optional[Dict[str, Any]]:
     """Run the network over `order`'s images, collect COCO results and score them."""
     with_masks = bool(predictor.config.eval_mask_branch)
