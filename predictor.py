@@ -26,7 +26,8 @@ from torch import nn
 
 from data.config import Config, ConfigError, config_for, describe_classes
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.device import select_device
+from utils.device import autocast_dtype, prefers_channels_last, select_device
+from utils.evaluation import EvalOptions, configure_detect
 from utils.inference import (
     FrameReader,
     InferenceError,
@@ -201,11 +202,19 @@ def load_network(path: str, device: torch.device, config_name: Optional[str] = N
         if classes is not None:
             _names_override(classes, config, path)
         return load_exported(path, session, meta, config, verbose=False), config
-    config = config_for(config_name or config_name_from_checkpoint(path))
+    if config_name is None:
+        try:
+            config_name = config_name_from_checkpoint(path)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace('pass --config', "pass config='<name>'")) from None
+    config = config_for(config_name)
     use_checkpoint_classes(path, config, say=None)
     if classes is not None:
         _names_override(classes, config, path)
-    return load_model(path, device, config, verbose=False), config
+    net = load_model(path, device, config, verbose=False)
+    if prefers_channels_last(device, autocast_dtype(device, amp, 'auto', notify=None) is not None):
+        net = net.to(memory_format=torch.channels_last)  # as eval.py runs it: same results, faster convs
+    return net, config
 
 
 class Predictor:
@@ -228,6 +237,7 @@ class Predictor:
                  classes: Optional[Sequence[str]] = None, crop_masks: bool = True):
         target = select_device(device)
         net, net_config = load_network(str(path), target, config, classes, amp)
+        configure_detect(net, EvalOptions())  # eval.py's default NMS: the paper's Fast NMS
         self._setup(net, net_config, net_config.dataset.class_names, target if not is_exported(str(path)) else None,
                     score_threshold, top_k, amp, 'auto', crop_masks)
 
