@@ -262,7 +262,8 @@ def setup_config(opts: EvalArgs, evaluating: bool = False,
         elif names != wanted and (from_file or len(names) != len(wanted)):
             raise EvalError(f"{paths.valid_info} lists {describe_classes(names)} but the model predicts "
                             f"{describe_classes(wanted)}; evaluate on a dataset of the classes it was trained on")
-        use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
+        else:
+            use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
         cfg.eval_mask_branch = False
 

@@ -20,6 +20,7 @@ from tests.eval_helpers import (
     save_tiny_checkpoint,
     tiny_config,
 )
+from utils.checkpoint import write_classes
 from utils.inference import InferenceOptions, NetRunner, benchmark, evalimage, evalimages, evalvideo, render
 from utils.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 
@@ -400,6 +401,20 @@ def test_cli_benchmark_prints_finite_fps(tiny_checkpoint, synthetic_root, capsys
     fps = float(re.search(r'Average:\s*([0-9.]+) fps', out).group(1))
     assert math.isfinite(fps) and fps > 0
     assert 'mAP' not in out  # nothing is scored or drawn
+
+
+def test_cli_benchmark_times_images_of_other_classes(tiny, tiny_checkpoint, synthetic_root, capsys):
+    """Timing needs pictures, not the model's classes: a dataset of another class set is timed,
+    while its mAP is still refused."""
+    write_classes(str(tiny_checkpoint), tiny, ('ring', 'bar', 'dot', 'arc', 'cone', 'knot'), None)
+    argv = ['--trained_model', str(tiny_checkpoint), '--val_data', str(synthetic_root), '--max_images', '2',
+            '--no_bar', '--node_device', DEVICE]
+    assert eval_script.main(argv) == 1
+    assert 'evaluate on a dataset of the classes it was trained on' in capsys.readouterr().err
+    assert eval_script.main(argv + ['--benchmark']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'Average:\s*[0-9.]+ fps', out) and '2 images' in out and 'no mAP' in out
+    assert cfg.dataset.class_names[0] == 'ring'  # the model kept its classes
 
 
 def test_amp_inference_gives_float32_results(tiny_checkpoint):

@@ -16,6 +16,7 @@ wraps it in `TorchScriptSession`, which answers the two calls RuntimeYolact make
 """
 import json
 import os
+import warnings
 import zipfile
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
@@ -127,17 +128,24 @@ class TorchScriptSession:
         return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
+def _jit_load(path: str, extra: Optional[Dict[str, Any]] = None) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch flags TorchScript as deprecated; the file was exported in it on request.
+            warnings.simplefilter('ignore', FutureWarning)
+            return torch.jit.load(path, map_location='cpu', _extra_files=extra or {}).eval()
+    except Exception as err:  # torch.jit raises several types for a bad archive
+        raise RuntimeModelError(f"{path}: torch.jit cannot load it ({_first_line(err)})") from None
+
+
 def open_torchscript(path: str) -> Tuple[TorchScriptSession, Dict[str, Any]]:
     """(session-like wrapper, metadata) of a TorchScript file written by export.py."""
     extra = {TORCHSCRIPT_METADATA_FILE: ''}
-    try:
-        module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
-    except Exception as err:  # torch.jit raises several types for a bad archive
-        raise RuntimeModelError(f"{path}: torch.jit cannot load it ({_first_line(err)})") from None
+    module = _jit_load(path, extra)
     if not extra[TORCHSCRIPT_METADATA_FILE]:
         raise RuntimeModelError(f"{path} has no '{TORCHSCRIPT_METADATA_FILE}' (config, class names, input "
                                 f"size): only files written by export.py can be run")
-    return TorchScriptSession(module.eval()), parse_metadata(extra[TORCHSCRIPT_METADATA_FILE], path)
+    return TorchScriptSession(module), parse_metadata(extra[TORCHSCRIPT_METADATA_FILE], path)
 
 
 def open_exported(path: str) -> Tuple[Any, Dict[str, Any]]:
@@ -274,7 +282,4 @@ def open_torchscript_module(path: str) -> TorchScriptSession:
     """A TorchScript file without metadata (YOLACT++'s mask-IoU head) as a session."""
     if not os.path.isfile(path):
         raise RuntimeModelError(f"exported model not found: {path}")
-    try:
-        return TorchScriptSession(torch.jit.load(path, map_location='cpu').eval())
-    except Exception as err:  # torch.jit raises several types for a bad archive
-        raise RuntimeModelError(f"{path}: torch.jit cannot load it ({_first_line(err)})") from None
+    return TorchScriptSession(_jit_load(path))
