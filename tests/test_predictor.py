@@ -207,6 +207,9 @@ def test_labelme_round_trip(demo, demo_predictor, tmp_path, capsys):
     got = {image['file_name']: sorted(names[a['category_id']] for a in coco['annotations']
                                       if a['image_id'] == image['id']) for image in coco['images']}
     assert got == expected
+    assert eval_script.main(['--trained_model', demo.ckpt, '--image', str(src / image.name), '--save_labelme']) == 1
+    assert capsys.readouterr().err == ('error: --save_labelme needs --images IN:OUT (it writes OUT/labelme/, '
+                                       'beside copies of the inputs)\n')
 
 
 def test_two_predictors_of_different_configs_interleaved(demo, monkeypatch, tmp_path):
@@ -237,20 +240,21 @@ def _section(text: str, title: str) -> str:
     return text[start:end if end >= 0 else len(text)]
 
 
-def test_readme_use_from_python_runs(demo, tmp_path, monkeypatch):
-    """Every python block of README.md's "Use from Python", with its file names pointed at the
-    test's checkpoint, exports and picture."""
+def test_readme_use_from_python_runs(demo, tmp_path, monkeypatch, capsys):
+    """Every python block of README.md's "Use from Python", its file names pointed at the test's
+    checkpoint, export (the float32 file where the README names an int8 one: both run through
+    onnxruntime alike) and picture."""
     section = _section((REPO_ROOT / 'README.md').read_text(encoding='utf-8'), 'Use from Python')
     blocks = re.findall(r'```python\n(.*?)```', section, re.S)
-    assert len(blocks) >= 2
-    for name, path in ((f'{DEMO}_1_10.pth', demo.ckpt), ('demo.onnx', demo.onnx), ('demo.int8.onnx', demo.int8),
-                       ('photo.jpg', demo.image)):
-        shutil.copy(path, tmp_path / name)
-    shutil.copy(demo.ckpt.replace('.pth', '.classes.json'), tmp_path / f'{DEMO}_1_10.classes.json')
-    (tmp_path / 'weights').mkdir()
-    for suffix in ('.pth', '.classes.json'):
-        shutil.move(tmp_path / f'{DEMO}_1_10{suffix}', tmp_path / 'weights' / f'{DEMO}_1_10{suffix}')
+    assert len(blocks) == 2
+    shutil.copy(demo.image, tmp_path / 'photo.jpg')
     monkeypatch.chdir(tmp_path)
     for block in blocks:
+        for name, path in (('weights/yolact_base_54_800000.pth', demo.ckpt), ('yolact_base.int8.onnx', demo.onnx)):
+            block = block.replace(f"'{name}'", repr(path))
         exec(compile(block, 'README.md', 'exec'), {'__name__': '__readme__'})
-    assert (tmp_path / 'photo_yolact.png').is_file() and json.loads((tmp_path / 'photo.json').read_text())['image']
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"{DEMO} ('disc', 'wedge', 'block')")
+    doc = json.loads((tmp_path / 'photo.json').read_text())
+    assert doc['image'] == 'photo.jpg' and len(out) == len(doc['detections']) + 1
+    assert cv2.imread(str(tmp_path / 'photo_yolact.png')).shape == cv2.imread(demo.image).shape
