@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -29,8 +29,9 @@ from utils.functions import MovingAverage
 from utils.result_files import LABELME_FOLDER, result_file_paths
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 
-if TYPE_CHECKING:  # predictor.py builds on this module
-    from predictor import Predictor, Result
+# Stand for predictor.Predictor and predictor.Result, which sit a floor above and build on this module.
+PredictorT = Any
+ResultT = Any
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -177,7 +178,7 @@ def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names:
                            fps_text)
 
 
-def save_result_files(picture_path: str, result: 'Result', opts: InferenceOptions) -> List[str]:
+def save_result_files(picture_path: str, result: ResultT, opts: InferenceOptions) -> List[str]:
     """Write --save_json / --save_masks files of `result` beside `picture_path` (see
     utils.result_files.result_file_paths). Returns the paths written."""
     json_path, png_path = result_file_paths(picture_path)
@@ -191,7 +192,7 @@ def save_result_files(picture_path: str, result: 'Result', opts: InferenceOption
     return written
 
 
-def save_labelme(result: 'Result', image_path: str, output_folder: str) -> str:
+def save_labelme(result: ResultT, image_path: str, output_folder: str) -> str:
     """--save_labelme: `result` as <output_folder>/labelme/<stem>.json beside a copy of the image,
     the folder labelme opens and `python -m data.labelme2coco` converts. Returns the json's path."""
     folder = os.path.join(output_folder, LABELME_FOLDER)
@@ -239,14 +240,14 @@ def write_image(path: str, img: np.ndarray) -> None:
         raise InferenceError(f"could not write {path} (unknown image extension or unwritable folder)")
 
 
-def draw(result: 'Result', opts: InferenceOptions, fps_text: str = '') -> np.ndarray:
+def draw(result: ResultT, opts: InferenceOptions, fps_text: str = '') -> np.ndarray:
     """`result` drawn as the --display_* flags in `opts` ask."""
     d = opts.draw
     return result.plot(masks=d.display_masks, boxes=d.display_bboxes, labels=d.display_text,
                        scores=d.display_scores, fps_text=fps_text)
 
 
-def evalimage(predictor: 'Predictor', path: str, save_path: Optional[str], opts: InferenceOptions,
+def evalimage(predictor: PredictorT, path: str, save_path: Optional[str], opts: InferenceOptions,
               img: Optional[np.ndarray] = None, report: bool = True,
               labelme_folder: Optional[str] = None) -> Optional[str]:
     """Detect objects in one image and draw them.
@@ -292,12 +293,12 @@ def evalimage(predictor: 'Predictor', path: str, save_path: Optional[str], opts:
     return save_path
 
 
-def show_lincomb(result: 'Result', title: str) -> None:
+def show_lincomb(result: ResultT, title: str) -> None:
     if result.prototypes is not None:
         cv2.imshow(title + ' (prototypes)', prototype_mosaic(result.prototypes))
 
 
-def save_lincomb(result: 'Result', path: str) -> None:
+def save_lincomb(result: ResultT, path: str) -> None:
     """Write the mask prototypes of the image as a mosaic (--display_lincomb)."""
     proto = result.prototypes
     if proto is not None:
@@ -314,7 +315,7 @@ def list_images(folder: str) -> Tuple[List[Path], List[Path]]:
     return images, [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
-def evalimages(predictor: 'Predictor', input_folder: str, output_folder: str, opts: InferenceOptions) -> List[str]:
+def evalimages(predictor: PredictorT, input_folder: str, output_folder: str, opts: InferenceOptions) -> List[str]:
     """Draw detections on every image of a folder; results are <output_folder>/<name>.png (and,
     with opts.save_json / save_masks, <name>.json / <name>_instances.png; with opts.save_labelme,
     <output_folder>/labelme/<name>.json beside a copy of the image: see `save_labelme`).
@@ -449,7 +450,7 @@ class FrameReader:
         return None
 
 
-def evalvideo(predictor: 'Predictor', source: str, out_path: Optional[str], opts: InferenceOptions) -> int:
+def evalvideo(predictor: PredictorT, source: str, out_path: Optional[str], opts: InferenceOptions) -> int:
     """Draw detections on every frame of a video file or webcam (`source` is a number).
 
     Frames are processed `opts.video_multiframe` at a time as one batch. The result goes to
