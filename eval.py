@@ -9,8 +9,8 @@
     python eval.py --trained_model weights/my_model_9_1000.pth --images in_dir:out_dir --save_labelme
 
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
-file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8)
-runs in onnxruntime (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
+file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8,
+or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
 and class names come from its metadata. The work is done in utils/evaluation.py (the dataset
 evaluation, which train.py's validation also runs; `eval.evaluate(net, dataset, train_mode=True)`
 still works), utils/coco_results.py (COCO conversion and COCOeval), utils/inference.py (images,
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='YOLACT evaluation: COCO mAP, FPS benchmark, or drawn detections.')
     p.add_argument('--trained_model', default='weights/yolact_base_54_800000.pth',
                    help="checkpoint (.pth) to evaluate, or a file written by export.py (.onnx, fp32 or "
-                        "int8; run in onnxruntime, config and classes from its metadata); 'interrupt' / "
+                        "int8, run in onnxruntime; or TorchScript; config and classes from its metadata); 'interrupt' / "
                         "'latest': the newest interrupt save / checkpoint of --config in weights/")
     p.add_argument('--config', default=None,
                    help='config name; default: parsed from the checkpoint file name '
@@ -274,7 +274,7 @@ def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
     the file's own)."""
     if opts.compile or opts.amp:
         raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
-                        f"{os.path.basename(opts.trained_model)} runs as exported, in onnxruntime")
+                        f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
     wanted = meta['config']
     if opts.config is not None and opts.config.split('_config')[0] != wanted.split('_config')[0]:
         raise EvalError(f"--config {opts.config}: {opts.trained_model} was exported from {wanted}, "

@@ -177,6 +177,12 @@ def test_to_json_equals_the_cli_save_json(demo, demo_predictor, tmp_path, capsys
     assert doc == json.loads(json.dumps(demo_predictor(demo.image).to_json()))
     assert doc['image'] == Path(demo.image).name and len(doc['detections']) == 5
     assert (cv2.imread(str(out)) == demo_predictor(demo.image).plot()).all()
+    # An exported file through the CLI: its Predictor's JSON too.
+    assert eval_script.main(['--trained_model', demo.torchscript, '--image', f'{demo.image}:{out}', '--save_json',
+                             '--top_k', '5', '--score_threshold', '0']) == 0
+    assert 'running in TorchScript' in capsys.readouterr().out
+    exported = Predictor(demo.torchscript, score_threshold=0, top_k=5)(demo.image).to_json()
+    assert json.loads((tmp_path / 'out.json').read_text()) == json.loads(json.dumps(exported))
 
 
 def test_labelme_round_trip(demo, demo_predictor, tmp_path, capsys):
