@@ -62,9 +62,9 @@ def _first_line(err: BaseException) -> str:
 
 def _session_options(ort: Any) -> Any:
     options = ort.SessionOptions()
-    if os.environ.get('OMP_WAIT_POLICY', '').upper() == 'PASSIVE':
-        # The same request as PyTorch's OpenMP threads get: do not spin on shared cores.
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    # PyTorch takes over the cores right after each run (Detect, mask assembly): onnxruntime's
+    # threads spinning on, waiting for more work, would compete with it.
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return options
 
 
