@@ -6,14 +6,16 @@
     python eval.py --trained_model weights/yolact_base_54_800000.pth --images in_dir:out_dir
     python eval.py --trained_model weights/yolact_base_54_800000.pth --video in.mp4:out.mp4
     python eval.py --trained_model yolact_base.int8.onnx --val_data data/coco   # an exported file
+    python eval.py --trained_model weights/my_model_9_1000.pth --images in_dir:out_dir --save_labelme
 
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
-file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8)
-runs in onnxruntime (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
+file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8,
+or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
 and class names come from its metadata. The work is done in utils/evaluation.py (the dataset
 evaluation, which train.py's validation also runs; `eval.evaluate(net, dataset, train_mode=True)`
 still works), utils/coco_results.py (COCO conversion and COCOeval), utils/inference.py (images,
-videos, benchmark) and utils/visualize.py (drawing).
+videos, benchmark) on predictor.Predictor (what a Python program uses: the pictures and files
+written here are its Results') and utils/visualize.py (drawing).
 """
 import argparse
 import os
@@ -33,6 +35,7 @@ from data.coco import (
     user_dataset_paths,
 )
 from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
+from predictor import Predictor
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
 from utils.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_coco_eval_backend
@@ -57,7 +60,7 @@ from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.
     validation_map,
 )
 from utils.functions import SavePath, check_writable_folder
-from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage, evalimages, evalvideo, open_video
+from utils.inference import InferenceError, InferenceOptions, evalimage, evalimages, evalvideo, open_video
 from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
 from utils.visualize import DrawOptions, covers
 from yolact import load_model, use_checkpoint_classes
@@ -95,6 +98,7 @@ class EvalArgs(EvalOptions):
     video_multiframe: int = 1
     save_json: bool = False
     save_masks: bool = False
+    save_labelme: bool = False
 
 
 # ----------------------------------------------------------------------------- flags
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='YOLACT evaluation: COCO mAP, FPS benchmark, or drawn detections.')
     p.add_argument('--trained_model', default='weights/yolact_base_54_800000.pth',
                    help="checkpoint (.pth) to evaluate, or a file written by export.py (.onnx, fp32 or "
-                        "int8; run in onnxruntime, config and classes from its metadata); 'interrupt' / "
+                        "int8, run in onnxruntime; or TorchScript; config and classes from its metadata); 'interrupt' / "
                         "'latest': the newest interrupt save / checkpoint of --config in weights/")
     p.add_argument('--config', default=None,
                    help='config name; default: parsed from the checkpoint file name '
@@ -201,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                   'of the input\'s size: 0 background, the i-th detection of the JSON list (1-based) painted '
                   'i, the better score winning overlaps; a picture only shown in a window: beside the input '
                   'as IN_yolact_instances.png', negative='')
+    add_bool_flag(p, 'save_labelme', False,
+                  '--images IN:OUT: also write OUT/labelme/NAME.json (labelme polygons, one per outer contour, '
+                  'labelled with the class names) beside a copy of each input image, to correct in labelme '
+                  'and convert with python -m data.labelme2coco', negative='')
     return p
 
 
@@ -235,8 +243,9 @@ def setup_config(opts: EvalArgs, evaluating: bool = False,
                  exported: Optional[Dict[str, Any]] = None) -> None:
     """Activate the config (given or inferred), the dataset override, the checkpoint's classes and
     --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
-    against the checkpoint's, and its category ids are used. `exported`: the metadata of an
-    exported file, which gives the config and classes instead."""
+    against the checkpoint's, and its category ids are used; with --benchmark only its pictures are
+    timed, so a dataset of other classes serves too. `exported`: the metadata of an exported file,
+    which gives the config and classes instead."""
     if exported is not None:
         from_file = use_exported_file_config(opts, exported)
     else:
@@ -252,11 +261,18 @@ def setup_config(opts: EvalArgs, evaluating: bool = False,
     if paths is not None:
         dataset = dataset_from_annotations(paths, splits=('val',))
         names, wanted = tuple(dataset.class_names), tuple(cfg.dataset.class_names)
+        if opts.benchmark and names != wanted:
+            # Timing reads the pictures only: the model keeps its classes, the dataset gives its files.
+            cfg.dataset = cfg.dataset.copy({'valid_images': dataset.valid_images, 'valid_info': dataset.valid_info,
+                                            'label_map': None})
+            print(f'--benchmark: timing on the images of {paths.valid_info} ({describe_classes(names)}, not the '
+                  f'model\'s {len(wanted)} classes: no mAP is computed)')
         # A checkpoint without a class list is trusted with the dataset's names if the count fits.
-        if names != wanted and (from_file or len(names) != len(wanted)):
+        elif names != wanted and (from_file or len(names) != len(wanted)):
             raise EvalError(f"{paths.valid_info} lists {describe_classes(names)} but the model predicts "
                             f"{describe_classes(wanted)}; evaluate on a dataset of the classes it was trained on")
-        use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
+        else:
+            use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
         cfg.eval_mask_branch = False
 
@@ -267,7 +283,7 @@ def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
     the file's own)."""
     if opts.compile or opts.amp:
         raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
-                        f"{os.path.basename(opts.trained_model)} runs as exported, in onnxruntime")
+                        f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
     wanted = meta['config']
     if opts.config is not None and opts.config.split('_config')[0] != wanted.split('_config')[0]:
         raise EvalError(f"--config {opts.config}: {opts.trained_model} was exported from {wanted}, "
@@ -327,7 +343,8 @@ def inference_options(opts: EvalArgs) -> InferenceOptions:
                        display_text=opts.display_text, display_scores=opts.display_scores, font=opts.font)
     return InferenceOptions(draw=draw, crop_masks=opts.crop, display_lincomb=opts.display_lincomb,
                             display_fps=opts.display_fps, video_multiframe=opts.video_multiframe,
-                            no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks)
+                            no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks,
+                            save_labelme=opts.save_labelme)
 
 
 def check_media_inputs(opts: EvalArgs) -> None:
@@ -348,6 +365,10 @@ def check_media_inputs(opts: EvalArgs) -> None:
             raise EvalError(f"--font: {err}") from None
     if opts.save_masks and opts.detect:
         raise EvalError("--save_masks needs masks; --detect turns the mask branch off")
+    if opts.save_labelme and opts.images is None:
+        raise EvalError("--save_labelme needs --images IN:OUT (it writes OUT/labelme/, beside copies of the inputs)")
+    if opts.save_labelme and opts.detect:
+        raise EvalError("--save_labelme writes mask polygons; --detect turns the mask branch off")
     if opts.image is not None:
         path, _ = split_in_out(opts.image)
         if not os.path.isfile(path):
@@ -368,23 +389,29 @@ def check_media_inputs(opts: EvalArgs) -> None:
         raise EvalError(f"--video_multiframe must be >= 1, got {opts.video_multiframe}")
 
 
+def media_predictor(net: torch.nn.Module, opts: EvalArgs) -> Predictor:
+    """The Predictor of --image / --images / --video: the flags' NMS, --top_k, --score_threshold,
+    --crop and autocast, the active config's class names."""
+    configure_detect(net, opts)
+    return Predictor.from_network(net, cfg.dataset.class_names, score_threshold=opts.score_threshold,
+                                  top_k=opts.top_k, amp=opts.amp, amp_dtype=opts.amp_dtype, crop_masks=opts.crop)
+
+
 def run_media(net: torch.nn.Module, opts: EvalArgs) -> None:
     """--image / --images / --video."""
-    configure_detect(net, opts)
-    predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
-    names = cfg.dataset.class_names
+    predictor = media_predictor(net, opts)
     inf = inference_options(opts)
     if opts.image is not None:
         src, dst = split_in_out(opts.image)
-        written = evalimage(predictor, src, dst, names, inf)
+        written = evalimage(predictor, src, dst, inf)
         if written:
             print(f'{src} -> {written}')
     elif opts.images is not None:
         src, dst = split_in_out(opts.images)
-        evalimages(predictor, src, dst, names, inf)
+        evalimages(predictor, src, dst, inf)
     else:
         src, dst = split_in_out(opts.video)
-        evalvideo(predictor, src, dst, names, inf)
+        evalvideo(predictor, src, dst, inf)
 
 
 # ----------------------------------------------------------------------------- main
@@ -412,7 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 except ValueError as err:
                     raise EvalError(str(err)) from None
         if session is not None:
-            net = load_exported(opts.trained_model, session, meta)
+            net = load_exported(opts.trained_model, session, meta, cfg)
         else:
             net = load_model(opts.trained_model, device, cfg)
         if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None,

@@ -549,18 +549,21 @@ def use_checkpoint_classes(path: str, config: Config, say: Optional[Callable[[st
     return False
 
 
-def load_model(path: str, device: torch.device, config: Config) -> torch.nn.Module:
+def load_model(path: str, device: torch.device, config: Config, verbose: bool = True) -> torch.nn.Module:
     """A Yolact of `config` with the checkpoint's weights, in eval mode on
-    `device`; prints a progress line for the command-line tools."""
+    `device`; verbose: print a progress line (the command-line tools)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    print('Loading model...', end='', flush=True)
+    if verbose:
+        print('Loading model...', end='', flush=True)
     try:
         net = Yolact(config)
         net.load_weights(path)
     except BaseException:
-        print()  # end the progress line before the error is reported
+        if verbose:
+            print()  # end the progress line before the error is reported
         raise
     net.eval()
-    print(' Done.')
+    if verbose:
+        print(' Done.')
     return net.to(device)

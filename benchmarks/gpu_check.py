@@ -23,7 +23,7 @@ Sections:
             losses finite and falling (mean of the first 5 steps against the last 5), img/s, peak
             GPU memory.
   infer     yolact_base at 550, batch 1, through eval.py's benchmark path (utils.inference
-            Predictor and benchmark): fp32, fp16, fp16 + Yolact.compile_network; FPS end to end
+            NetRunner and benchmark): fp32, fp16, fp16 + Yolact.compile_network; FPS end to end
             (network, Detect, full-size masks) and of the network alone.
   torchrun  `torchrun --nproc_per_node=1 ... train.py` for 3 iterations on a small synthetic set:
             exit status 0 and the 'Train summary' line; the backend utils.distributed chooses for
@@ -78,7 +78,7 @@ from utils.device import (  # noqa: E402
     synchronize,
 )
 from utils.distributed import DistInfo  # noqa: E402
-from utils.inference import Predictor, benchmark  # noqa: E402
+from utils.inference import NetRunner, benchmark  # noqa: E402
 from utils.schedule import build_optimizer, configure  # noqa: E402
 from utils.train_loop import NetLoss, build_criterion, train_step  # noqa: E402
 from utils.train_state import seed_everything  # noqa: E402
@@ -682,7 +682,7 @@ def infer_variant(net, label: str, amp: bool, compile_net: bool, images: List[np
     compile_s = None
     if compile_net:
         net.compile_network()
-    predictor = Predictor(net, device, amp=amp, amp_dtype_name='fp16')
+    predictor = NetRunner(net, device, amp=amp, amp_dtype_name='fp16')
     memory_reset(device)
     if compile_net:  # the first call compiles; time it on its own
         start = time.perf_counter()
@@ -720,7 +720,7 @@ def section_infer(sec: Section, device: torch.device, sizes: Sizes, workdir: Pat
     size = sizes.image_size
     sec.notes.append(f'yolact_base (81 classes) with the parity weights, batch 1, {size}-px synthetic images, '
                      f'Fast NMS; {sizes.infer_passes} timed passes after {sizes.infer_warmup} warm-up; '
-                     f'end to end = Predictor + postprocess to full-size masks + top 5 to the host')
+                     f'end to end = NetRunner + postprocess to full-size masks + top 5 to the host')
     if sizes.tiny:
         sec.notes.append(f'dry run: tiny yolact_base at {size} px; fp16 autocast on the CPU; compile skipped')
     net = None

@@ -67,6 +67,17 @@ def gt_detections(coco, image_id: int, with_crowd: bool = False):
     return classes, torch.ones(len(anns)), boxes, masks.float()
 
 
+def media_predictor(net: torch.nn.Module, opts=None, class_names: Optional[Sequence[str]] = None):
+    """The predictor.Predictor eval.py's --image/--images/--video build for `net`, with the --top_k,
+    --score_threshold and --crop of `opts` (utils.inference.InferenceOptions; default: the flags'
+    defaults) and the active config's class names unless given."""
+    from predictor import Predictor
+    from utils.inference import InferenceOptions
+    opts = opts if opts is not None else InferenceOptions()
+    return Predictor.from_network(net, class_names, score_threshold=opts.draw.score_threshold,
+                                  top_k=opts.draw.top_k, crop_masks=opts.crop_masks)
+
+
 class ScriptedNet(torch.nn.Module):
     """Stands in for Yolact in eval mode: returns Detect-style output chosen per call.
 

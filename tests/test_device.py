@@ -242,15 +242,15 @@ def test_train_amp_on_cpu_without_native_bf16_prints_one_line_and_runs_float32(m
 
 
 @pytest.mark.parametrize('kind', ['amx', 'avx512'])
-def test_predictor_amp_follows_the_decision(monkeypatch, kind):
-    from utils.inference import Predictor
+def test_net_runner_amp_follows_the_decision(monkeypatch, kind):
+    from utils.inference import NetRunner
     cpu = FakeCpu(monkeypatch, kind, 0.5)
     net = torch.nn.Conv2d(3, 3, 1)
     from data.config import cfg
-    predictor = Predictor(net, amp=True, config=cfg)
+    predictor = NetRunner(net, amp=True, config=cfg)
     native = kind == 'amx'
     assert predictor.amp is native
     assert predictor.dtype == (torch.bfloat16 if native else None)
     if native:  # probed at the config's input size, batch 1, inference
         assert [tuple(s) for s in cpu.calls] == [(1, cfg.max_size, False)]
-    assert Predictor(net, amp=True, amp_dtype_name='bf16', config=cfg).dtype == torch.bfloat16
+    assert NetRunner(net, amp=True, amp_dtype_name='bf16', config=cfg).dtype == torch.bfloat16

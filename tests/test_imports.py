@@ -3,6 +3,7 @@ own package), never up. From the top:
 
     train.py              training entry point (it validates through utils/evaluation.py, as eval.py does)
     eval.py, export.py    evaluation and export entry points (siblings: neither imports the other)
+    predictor.py          Predictor and Result, the Python API eval.py's pictures are made with
     yolact.py             the network
     utils/                inference, checkpoints, distributed helpers, augmentations, ...
     layers/               box math, detection, loss
@@ -18,8 +19,8 @@ from typing import Dict, Iterator, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 # Floor of each project module (top-level file or package), lowest first.
-FLOORS: Dict[str, int] = {'backbone': 0, 'data': 1, 'layers': 2, 'utils': 3, 'yolact': 4, 'eval': 5,
-                          'export': 5, 'train': 6}
+FLOORS: Dict[str, int] = {'backbone': 0, 'data': 1, 'layers': 2, 'utils': 3, 'yolact': 4, 'predictor': 5,
+                          'eval': 6, 'export': 6, 'train': 7}
 # Folders of tools that sit above every floor and are not imported by the project.
 TOOLS = {'tests', 'benchmarks', 'scripts'}
 

@@ -12,8 +12,16 @@ import torch
 
 import eval as eval_script
 from data.config import COLORS, cfg, set_cfg
-from tests.eval_helpers import ScriptedNet, detection_from_masks, register, save_tiny_checkpoint, tiny_config
-from utils.inference import InferenceOptions, Predictor, benchmark, evalimage, evalimages, evalvideo, render
+from tests.eval_helpers import (
+    ScriptedNet,
+    detection_from_masks,
+    media_predictor,
+    register,
+    save_tiny_checkpoint,
+    tiny_config,
+)
+from utils.checkpoint import write_classes
+from utils.inference import InferenceOptions, NetRunner, benchmark, evalimage, evalimages, evalvideo, render
 from utils.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
@@ -143,11 +151,11 @@ def test_image_masks_change_colour_inside_only(val_image, tmp_path):
     img = cv2.imread(str(val_image))
     mask = _disc(*img.shape[:2]).numpy().astype(bool)
     net = _region_net(img.shape[:2], class_idx=2, score=0.9)
-    predictor = Predictor(net)
+    predictor = media_predictor(net)
     names = cfg.dataset.class_names
 
     plain = tmp_path / 'plain.png'
-    evalimage(predictor, str(val_image), str(plain), names, _opts(display_bboxes=False, display_text=False))
+    evalimage(predictor, str(val_image), str(plain), _opts(display_bboxes=False, display_text=False))
     out = cv2.imread(str(plain)).astype(np.float64)
     expected_inside = img[mask] * (1 - ALPHA) + _bgr(2) * ALPHA
     assert np.abs(out[mask] - expected_inside).max() <= 1.0
@@ -156,7 +164,7 @@ def test_image_masks_change_colour_inside_only(val_image, tmp_path):
 
     # With boxes and labels: outside the mask only the box outline and the label may change.
     full = tmp_path / 'full.png'
-    evalimage(predictor, str(val_image), str(full), names, _opts())
+    evalimage(predictor, str(val_image), str(full), _opts())
     out = cv2.imread(str(full))
     ys, xs = np.nonzero(mask)
     x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
@@ -174,8 +182,7 @@ def test_detect_mode_draws_boxes_without_masks(val_image, tmp_path):
     img = cv2.imread(str(val_image))
     cfg.eval_mask_branch = False  # --detect: postprocess hands back coefficients, not masks
     out_path = tmp_path / 'boxes.png'
-    evalimage(Predictor(_region_net(img.shape[:2])), str(val_image), str(out_path), cfg.dataset.class_names,
-              _opts(display_text=False))
+    evalimage(media_predictor(_region_net(img.shape[:2])), str(val_image), str(out_path), _opts(display_text=False))
     out = cv2.imread(str(out_path))
     mask = _disc(*img.shape[:2]).numpy().astype(bool)
     ys, xs = np.nonzero(mask)
@@ -189,7 +196,7 @@ def test_display_lincomb_writes_the_prototypes(val_image, tmp_path):
     out_path = tmp_path / 'res.png'
     opts = _opts()
     opts.display_lincomb = True
-    evalimage(Predictor(_region_net(hw)), str(val_image), str(out_path), cfg.dataset.class_names, opts)
+    evalimage(media_predictor(_region_net(hw)), str(val_image), str(out_path), opts)
     mosaic = cv2.imread(str(tmp_path / 'res_lincomb.png'), cv2.IMREAD_GRAYSCALE)
     assert mosaic.shape == hw  # one prototype: a 1 x 1 grid
     assert mosaic.max() == 255 and mosaic.min() == 0
@@ -263,8 +270,7 @@ def test_images_folder_with_files_that_are_not_images(tiny_checkpoint, synthetic
 def test_images_folder_without_images_is_an_error(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(Exception, match='no images'):
-        evalimages(Predictor(_region_net((8, 8))), str(tmp_path / 'empty'), str(tmp_path / 'o'),
-                   cfg.dataset.class_names, _opts())
+        evalimages(media_predictor(_region_net((8, 8))), str(tmp_path / 'empty'), str(tmp_path / 'o'), _opts())
 
 
 # ----------------------------------------------------------------------------- --video
@@ -300,7 +306,7 @@ def test_video_batches_frames_and_keeps_the_frame_count(tmp_path):
     opts = _opts()
     opts.video_multiframe = 3
     opts.display_fps = True
-    n = evalvideo(Predictor(ScriptedNet(script).to(DEVICE)), str(src), str(dst), cfg.dataset.class_names, opts)
+    n = evalvideo(media_predictor(ScriptedNet(script).to(DEVICE)), str(src), str(dst), opts)
     assert n == 7 and batches == [3, 3, 1]
     assert _count_frames(dst) == (7, (96.0, 64.0))
 
@@ -363,7 +369,7 @@ def test_damaged_video_frames_are_skipped_and_named(damage, tmp_path, capsys):
     src, dst = tmp_path / 'clip.avi', tmp_path / 'clip_out.mp4'
     _damaged_avi(src, 12, damage)
     net = _region_net((64, 96))
-    n = evalvideo(Predictor(net), str(src), str(dst), cfg.dataset.class_names, _opts())
+    n = evalvideo(media_predictor(net), str(src), str(dst), _opts())
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith('warning:')]
     if damage == 'frame':
@@ -381,7 +387,7 @@ def test_damaged_video_frames_are_skipped_and_named(damage, tmp_path, capsys):
 def test_benchmark_excludes_warmup(synthetic_root, capsys):
     frame = np.zeros((32, 48, 3), dtype=np.uint8)
     net = _region_net((32, 48))
-    fps = benchmark(Predictor(net), lambda i: frame, [0, 1, 2], top_k=5, warmup=2, no_bar=True)
+    fps = benchmark(NetRunner(net), lambda i: frame, [0, 1, 2], top_k=5, warmup=2, no_bar=True)
     assert net.calls == 5  # 2 warm-up passes + 3 timed
     assert math.isfinite(fps) and fps > 0
     assert '3 images, 2 warm-up passes' in capsys.readouterr().out
@@ -397,6 +403,20 @@ def test_cli_benchmark_prints_finite_fps(tiny_checkpoint, synthetic_root, capsys
     assert 'mAP' not in out  # nothing is scored or drawn
 
 
+def test_cli_benchmark_times_images_of_other_classes(tiny, tiny_checkpoint, synthetic_root, capsys):
+    """Timing needs pictures, not the model's classes: a dataset of another class set is timed,
+    while its mAP is still refused."""
+    write_classes(str(tiny_checkpoint), tiny, ('ring', 'bar', 'dot', 'arc', 'cone', 'knot'), None)
+    argv = ['--trained_model', str(tiny_checkpoint), '--val_data', str(synthetic_root), '--max_images', '2',
+            '--no_bar', '--node_device', DEVICE]
+    assert eval_script.main(argv) == 1
+    assert 'evaluate on a dataset of the classes it was trained on' in capsys.readouterr().err
+    assert eval_script.main(argv + ['--benchmark']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'Average:\s*[0-9.]+ fps', out) and '2 images' in out and 'no mAP' in out
+    assert cfg.dataset.class_names[0] == 'ring'  # the model kept its classes
+
+
 def test_amp_inference_gives_float32_results(tiny_checkpoint):
     from yolact import Yolact
     net = Yolact(cfg)
@@ -404,7 +424,7 @@ def test_amp_inference_gives_float32_results(tiny_checkpoint):
     net.eval().to(DEVICE)
     net.detect.use_fast_nms = True
     # bf16 asked for explicitly: `auto` is float32 on a CPU without native bf16 (test_device.py).
-    predictor = Predictor(net, amp=True, amp_dtype_name='bf16' if DEVICE == 'cpu' else 'fp16')
+    predictor = NetRunner(net, amp=True, amp_dtype_name='bf16' if DEVICE == 'cpu' else 'fp16')
     assert predictor.dtype == (torch.bfloat16 if DEVICE == 'cpu' else torch.float16)
     frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     on_device, det_output = predictor([frame])

@@ -169,7 +169,7 @@ def test_runtime_model_runs_any_batch_like_the_network(exported):
     """A file exported for batch 1 takes a batch of 3 (in pieces) and gives the network's detections."""
     session, meta = open_exported(exported.fp32)
     use_exported_config(meta)
-    runtime = RuntimeYolact(session, meta)
+    runtime = RuntimeYolact(session, meta, cfg)
     net = Yolact(cfg)
     net.load_weights(exported.ckpt)
     net.eval()

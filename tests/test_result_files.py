@@ -15,11 +15,11 @@ import utils.inference as inference
 import utils.result_files as result_files
 from data.config import cfg
 from data.labelme2coco import shape_mask
-from tests.eval_helpers import ScriptedNet, detection_from_masks
+from tests.eval_helpers import ScriptedNet, detection_from_masks, media_predictor
 
 # The tiny config (autouse) and its checkpoint, shared with the inference tests.
 from tests.test_inference import tiny, tiny_checkpoint  # noqa: F401
-from utils.inference import InferenceError, InferenceOptions, Predictor, evalimage
+from utils.inference import InferenceError, InferenceOptions, evalimage
 from utils.result_files import (
     detections_to_records,
     instance_image,
@@ -217,11 +217,11 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- through evalimage
 
-def _scripted_predictor(classes, scores, masks):
+def _scripted_predictor(classes, scores, masks, opts=None):
     def script(call, batch):
         det = detection_from_masks(classes, scores, masks)
         return [{k: v.to(batch.device) for k, v in det.items()} for _ in range(batch.shape[0])]
-    return Predictor(ScriptedNet(script).to(DEVICE))
+    return media_predictor(ScriptedNet(script).to(DEVICE), opts, NAMES)
 
 
 def test_saved_detections_are_the_drawn_ones(tmp_path):
@@ -237,7 +237,7 @@ def test_saved_detections_are_the_drawn_ones(tmp_path):
                                              display_text=False),
                             save_json=True, save_masks=True, no_bar=True)
     out = tmp_path / 'out' / 'pic.png'
-    evalimage(_scripted_predictor(classes, scores, masks), str(img_path), str(out), NAMES, opts)
+    evalimage(_scripted_predictor(classes, scores, masks, opts), str(img_path), str(out), opts)
 
     doc = json.loads((tmp_path / 'out' / 'pic.json').read_text())
     assert (doc['image'], doc['height'], doc['width']) == ('pic.png', H, W)
@@ -257,7 +257,7 @@ def test_detect_mode_json_without_masks_and_no_instance_png(tmp_path):
     cfg.eval_mask_branch = False
     predictor = _scripted_predictor([0, 2], [0.5, 0.9], _masks()[:2])
     opts = InferenceOptions(save_json=True, no_bar=True)
-    evalimage(predictor, str(img_path), str(tmp_path / 'o.png'), NAMES, opts)
+    evalimage(predictor, str(img_path), str(tmp_path / 'o.png'), opts)
     doc = json.loads((tmp_path / 'o.json').read_text())
     assert [d['class_name'] for d in doc['detections']] == ['square', 'circle']
     assert all('mask' not in d for d in doc['detections'])
@@ -265,7 +265,7 @@ def test_detect_mode_json_without_masks_and_no_instance_png(tmp_path):
 
     opts.save_masks = True
     with pytest.raises(InferenceError, match='--save_masks needs masks'):
-        evalimage(predictor, str(img_path), str(tmp_path / 'p.png'), NAMES, opts)
+        evalimage(predictor, str(img_path), str(tmp_path / 'p.png'), opts)
     assert not (tmp_path / 'p.png').exists()
 
 
@@ -277,7 +277,7 @@ def test_image_without_output_path_saves_beside_the_input(tmp_path, monkeypatch,
     predictor = _scripted_predictor([0], [0.8], _masks()[:1])
     opts = InferenceOptions(save_json=True, save_masks=True, no_bar=True)
     monkeypatch.setattr(inference, 'display_available', lambda: False)
-    assert evalimage(predictor, str(img_path), None, NAMES, opts) == str(tmp_path / 'pic_yolact.png')
+    assert evalimage(predictor, str(img_path), None, opts) == str(tmp_path / 'pic_yolact.png')
     assert f"Detections -> {tmp_path / 'pic_yolact.json'}" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['pic.jpg', 'pic_yolact.json', 'pic_yolact.png',
                                             'pic_yolact_instances.png']
@@ -289,7 +289,7 @@ def test_image_without_output_path_saves_beside_the_input(tmp_path, monkeypatch,
     monkeypatch.setattr(cv2, 'imshow', lambda title, img: shown.append(title))
     monkeypatch.setattr(cv2, 'waitKey', lambda delay: -1)
     monkeypatch.setattr(cv2, 'destroyAllWindows', lambda: None)
-    assert evalimage(predictor, str(img_path), None, NAMES, opts) is None
+    assert evalimage(predictor, str(img_path), None, opts) is None
     assert shown == [str(img_path)]
     assert sorted(os.listdir(tmp_path)) == ['pic.jpg', 'pic_yolact.json', 'pic_yolact_instances.png']
 

@@ -22,7 +22,7 @@ from data.coco import get_label_map
 from layers.output_utils import postprocess
 from utils.coco_results import CocoResults, confusion_matrix, evaluate_results, format_map_table, gt_instances
 from utils.eval_report import CONFUSION_IOU, CONFUSION_SCORE, class_rows, format_class_table, write_report
-from utils.inference import Predictor, benchmark
+from utils.inference import NetRunner, benchmark
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _options(opts: Optional[EvalOptions], overrides: Dict[str, Any]) -> EvalOpti
     return dataclasses.replace(opts, **overrides)
 
 
-def _network_input(dataset, index: int, predictor: Predictor) -> Tuple[torch.Tensor, int, int]:
+def _network_input(dataset, index: int, predictor: NetRunner) -> Tuple[torch.Tensor, int, int]:
     """(Tensor[1, 3, h, w] backbone input, image height, width) of one dataset image."""
     if dataset.transform is not None:
         img, _, _, height, width, _ = dataset.pull_item(index)
@@ -122,7 +122,7 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
     was_training = net.training
     net.eval()
     try:
-        predictor = Predictor(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
+        predictor = NetRunner(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
         order = eval_order(dataset.ids, opts.shuffle, opts.no_sort, opts.seed)
         if opts.max_images >= 0:
             order = order[:opts.max_images]
@@ -152,7 +152,7 @@ def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Op
         net.train()
 
 
-def evaluate_dataset(predictor: Predictor, dataset, order: Sequence[int], opts: EvalOptions,
+def evaluate_dataset(predictor: NetRunner, dataset, order: Sequence[int], opts: EvalOptions,
                      verbose: bool) -> Optional[Dict[str, Any]]:
     """Run the network over `order`'s images, collect COCO results and score them (and write the
     results folder, opts.results_dir)."""

@@ -1,17 +1,19 @@
 """Running a trained YOLACT on pictures: single images, folders, videos or a webcam, and timing it.
 
-`Predictor` owns the device side (moving frames, the backbone transform, optional autocast);
-the functions below turn its output into drawn pictures (utils/visualize.py), result files
-(utils/result_files.py: --save_json, --save_masks) or FPS numbers. eval.py parses the flags and
-calls these.
+`NetRunner` owns the device side (moving frames, the backbone transform, optional autocast);
+`shown_detections` turns its output into one image's detections. The public `predictor.Predictor`
+builds its `Result`s from these two, and the functions below (eval.py's --image, --images, --video)
+take such a Predictor and write what its Results draw (utils/visualize.py) and save
+(utils/result_files.py: --save_json, --save_masks, --save_labelme). `benchmark` times a NetRunner.
 """
 import contextlib
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,8 +26,12 @@ from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import ProbeShape, autocast_dtype, synchronize
 from utils.functions import MovingAverage
-from utils.result_files import detections_to_records, result_file_paths, write_instance_png, write_result_json
+from utils.result_files import LABELME_FOLDER, result_file_paths
 from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
+
+# Stand for predictor.Predictor and predictor.Result, which sit a floor above and build on this module.
+PredictorT = Any
+ResultT = Any
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -60,8 +66,8 @@ def config_of(net: nn.Module) -> Config:
     return config if config is not None else own_config()
 
 
-class Predictor:
-    """Runs the network in eval mode on BGR frames.
+class NetRunner:
+    """Runs the network in eval mode on BGR frames (the low-level half of predictor.Predictor).
 
     Args:
         net: a Yolact in eval mode (its forward returns Detect's output).
@@ -117,6 +123,7 @@ class InferenceOptions:
     no_bar: bool = False
     save_json: bool = False   # images: the drawn detections as <picture stem>.json
     save_masks: bool = False  # images: their masks as <picture stem>_instances.png (16-bit ids)
+    save_labelme: bool = False  # --images: labelme/<input stem>.json and a copy of the input
 
 
 def best_detections(det_output: List[Dict], index: int, k: int) -> List[Dict]:
@@ -171,21 +178,31 @@ def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names:
                            fps_text)
 
 
-def save_result_files(picture_path: str, image_name: str, detections: Detections, height: int, width: int,
-                      class_names: Sequence[str], opts: InferenceOptions) -> List[str]:
-    """Write --save_json / --save_masks files beside `picture_path` (see
-    utils.result_files.result_file_paths). detections: `shown_detections`. Returns the paths written."""
+def save_result_files(picture_path: str, result: ResultT, opts: InferenceOptions) -> List[str]:
+    """Write --save_json / --save_masks files of `result` beside `picture_path` (see
+    utils.result_files.result_file_paths). Returns the paths written."""
     json_path, png_path = result_file_paths(picture_path)
-    classes, scores, boxes, masks = detections
     written = []
     if opts.save_json:
-        records = detections_to_records(classes, scores, boxes, masks, class_names)
-        write_result_json(json_path, image_name, height, width, records)
+        result.save_json(json_path)
         written.append(json_path)
     if opts.save_masks:
-        write_instance_png(png_path, masks, height, width)
+        result.save_masks(png_path)
         written.append(png_path)
     return written
+
+
+def save_labelme(result: ResultT, image_path: str, output_folder: str) -> str:
+    """--save_labelme: `result` as <output_folder>/labelme/<stem>.json beside a copy of the image,
+    the folder labelme opens and `python -m data.labelme2coco` converts. Returns the json's path."""
+    folder = os.path.join(output_folder, LABELME_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    copy = os.path.join(folder, os.path.basename(image_path))
+    if not (os.path.exists(copy) and os.path.samefile(copy, image_path)):
+        shutil.copyfile(image_path, copy)
+    json_path = os.path.join(folder, Path(image_path).stem + '.json')
+    result.save_labelme(json_path, copy)
+    return json_path
 
 
 def display_available() -> bool:
@@ -223,8 +240,16 @@ def write_image(path: str, img: np.ndarray) -> None:
         raise InferenceError(f"could not write {path} (unknown image extension or unwritable folder)")
 
 
-def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_names: Sequence[str],
-              opts: InferenceOptions, img: Optional[np.ndarray] = None, report: bool = True) -> Optional[str]:
+def draw(result: ResultT, opts: InferenceOptions, fps_text: str = '') -> np.ndarray:
+    """`result` drawn as the --display_* flags in `opts` ask."""
+    d = opts.draw
+    return result.plot(masks=d.display_masks, boxes=d.display_bboxes, labels=d.display_text,
+                       scores=d.display_scores, fps_text=fps_text)
+
+
+def evalimage(predictor: PredictorT, path: str, save_path: Optional[str], opts: InferenceOptions,
+              img: Optional[np.ndarray] = None, report: bool = True,
+              labelme_folder: Optional[str] = None) -> Optional[str]:
     """Detect objects in one image and draw them.
 
     Without `save_path` the result is shown in a window when a display exists, otherwise it is
@@ -234,24 +259,24 @@ def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_n
     <name>_yolact.json / <name>_yolact_instances.png, where the picture would have been saved.
     img: the image already read from `path` (ndarray[H, W, 3] uint8 BGR); read here when None.
     report: print the result files written.
+    labelme_folder: also write the detections for labelme there (`save_labelme`).
     """
     img = read_image(path) if img is None else img
-    frames, det_output = predictor([img])
-    height, width = img.shape[:2]
-    detections = shown_detections(det_output, 0, height, width, opts)
-    if opts.save_masks and detections[3] is None:
+    result = predictor.predict_frames([img], [path])[0]
+    if opts.save_masks and result.masks is None:
         raise InferenceError("--save_masks needs masks, but the mask branch did not run (--detect)")
-    drawn = draw_detections(frames[0], *detections, class_names, opts.draw)
+    if labelme_folder is not None:
+        save_labelme(result, path, labelme_folder)
+    drawn = draw(result, opts)
 
     if save_path is None and display_available():
         if opts.save_json or opts.save_masks:
-            for written in save_result_files(default_output_path(path, '.png'), os.path.basename(path),
-                                             detections, height, width, class_names, opts):
+            for written in save_result_files(default_output_path(path, '.png'), result, opts):
                 if report:
                     print(f'Detections -> {written}')
         cv2.imshow(path, drawn)
         if opts.display_lincomb:
-            show_lincomb(det_output, path)
+            show_lincomb(result, path)
         cv2.waitKey(0)
         cv2.destroyAllWindows()
         return None
@@ -259,30 +284,23 @@ def evalimage(predictor: Predictor, path: str, save_path: Optional[str], class_n
         save_path = default_output_path(path, '.png')
         print(f'No display available; saving the result to {save_path}')
     write_image(save_path, drawn)
-    for written in save_result_files(save_path, os.path.basename(path), detections, height, width,
-                                     class_names, opts):
+    for written in save_result_files(save_path, result, opts):
         if report:
             print(f'Detections -> {written}')
     if opts.display_lincomb:
         stem = Path(save_path)
-        save_lincomb(det_output, str(stem.with_name(stem.stem + '_lincomb.png')))
+        save_lincomb(result, str(stem.with_name(stem.stem + '_lincomb.png')))
     return save_path
 
 
-def _prototypes(det_output: List[Dict]) -> Optional[torch.Tensor]:
-    det = det_output[0]['detection']
-    return None if det is None else det.get('proto')
+def show_lincomb(result: ResultT, title: str) -> None:
+    if result.prototypes is not None:
+        cv2.imshow(title + ' (prototypes)', prototype_mosaic(result.prototypes))
 
 
-def show_lincomb(det_output: List[Dict], title: str) -> None:
-    proto = _prototypes(det_output)
-    if proto is not None:
-        cv2.imshow(title + ' (prototypes)', prototype_mosaic(proto))
-
-
-def save_lincomb(det_output: List[Dict], path: str) -> None:
+def save_lincomb(result: ResultT, path: str) -> None:
     """Write the mask prototypes of the image as a mosaic (--display_lincomb)."""
-    proto = _prototypes(det_output)
+    proto = result.prototypes
     if proto is not None:
         write_image(path, prototype_mosaic(proto))
         print(f'Prototypes -> {path}')
@@ -297,10 +315,10 @@ def list_images(folder: str) -> Tuple[List[Path], List[Path]]:
     return images, [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
-def evalimages(predictor: Predictor, input_folder: str, output_folder: str, class_names: Sequence[str],
-               opts: InferenceOptions) -> List[str]:
+def evalimages(predictor: PredictorT, input_folder: str, output_folder: str, opts: InferenceOptions) -> List[str]:
     """Draw detections on every image of a folder; results are <output_folder>/<name>.png (and,
-    with opts.save_json / save_masks, <name>.json / <name>_instances.png).
+    with opts.save_json / save_masks, <name>.json / <name>_instances.png; with opts.save_labelme,
+    <output_folder>/labelme/<name>.json beside a copy of the image: see `save_labelme`).
 
     A file that is not an image (by extension) is left alone, and one with an image extension that
     cannot be read is skipped; both are counted and named, and the rest of the folder is processed.
@@ -321,7 +339,8 @@ def evalimages(predictor: Predictor, input_folder: str, output_folder: str, clas
             unreadable.append(path)
             continue
         out_path = os.path.join(output_folder, path.stem + '.png')
-        evalimage(predictor, str(path), out_path, class_names, opts, img=img, report=False)
+        evalimage(predictor, str(path), out_path, opts, img=img, report=False,
+                  labelme_folder=output_folder if opts.save_labelme else None)
         print(f'{path} -> {out_path}')
         written.append(out_path)
     if not written:
@@ -332,6 +351,9 @@ def evalimages(predictor: Predictor, input_folder: str, output_folder: str, clas
              if flag]
     if saved:
         print(f"Detections saved beside each picture as {' and '.join(saved)}.")
+    if opts.save_labelme:
+        print(f'labelme files (open the folder in labelme; python -m data.labelme2coco converts it): '
+              f'{os.path.join(output_folder, LABELME_FOLDER)}')
     return written
 
 
@@ -381,6 +403,12 @@ class FrameReader:
     position: int = 0
     last_read: int = 0
 
+    @classmethod
+    def of(cls, capture: cv2.VideoCapture, is_webcam: bool) -> 'FrameReader':
+        """A reader of `open_video`'s capture, with the file's frame count when it tells one."""
+        count = 0 if is_webcam else round(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        return cls(capture, count if count > 0 else None)  # some containers do not tell
+
     def _next(self) -> Optional[np.ndarray]:
         in_a_row = 0
         while self.total is None or self.position < self.total:
@@ -422,8 +450,7 @@ class FrameReader:
         return None
 
 
-def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_names: Sequence[str],
-              opts: InferenceOptions) -> int:
+def evalvideo(predictor: PredictorT, source: str, out_path: Optional[str], opts: InferenceOptions) -> int:
     """Draw detections on every frame of a video file or webcam (`source` is a number).
 
     Frames are processed `opts.video_multiframe` at a time as one batch. The result goes to
@@ -434,8 +461,7 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     width = round(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = round(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    frame_count = 0 if is_webcam else round(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    total = frame_count if frame_count > 0 else None  # some containers do not tell
+    reader = FrameReader.of(capture, is_webcam)
 
     show = out_path is None and display_available()
     if out_path is None and not show:
@@ -452,15 +478,13 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
 
     frame_times = MovingAverage(100)
     processed = 0
-    reader = FrameReader(capture, total)
-    bar = tqdm(total=total, unit='frame', disable=opts.no_bar or show)
+    bar = tqdm(total=reader.total, unit='frame', disable=opts.no_bar or show)
     try:
         for frames in reader.batches(max(1, opts.video_multiframe)):
             start = time.perf_counter()
-            on_device, det_output = predictor(frames)
+            results = predictor.predict_frames(frames)
             fps_text = f'Processing FPS: {1 / frame_times.get_avg():.2f}' if frame_times.get_avg() > 0 else ''
-            drawn = [render(on_device[i], det_output, i, class_names, opts,
-                            fps_text if opts.display_fps else '') for i in range(len(frames))]
+            drawn = [draw(result, opts, fps_text if opts.display_fps else '') for result in results]
             frame_times.add((time.perf_counter() - start) / len(frames))
             for img in drawn:
                 if writer is not None:
@@ -487,7 +511,7 @@ def evalvideo(predictor: Predictor, source: str, out_path: Optional[str], class_
     return processed
 
 
-def benchmark(predictor: Predictor, load_image: Callable[[int], np.ndarray], indices: Sequence[int],
+def benchmark(predictor: NetRunner, load_image: Callable[[int], np.ndarray], indices: Sequence[int],
               top_k: int, crop_masks: bool = True, score_threshold: float = 0, warmup: int = 2,
               no_bar: bool = False) -> float:
     """Average frames per second of network + postprocess over the images `indices`.

@@ -12,6 +12,10 @@ JSON: {"image": input file name, "height": H, "width": W, "detections": [{"class
 
 PNG: single channel, 16 bit, the image's size; 0 is background and detection i of the JSON list
 (1-based) has value i; where masks overlap, the better-scoring (earlier) detection wins.
+
+labelme (eval.py --images IN:OUT --save_labelme): OUT/labelme/<input stem>.json beside a copy of the
+input, one polygon shape per outer contour labelled with the class name (`labelme_document`); the
+contours of one detection share a group_id, which data.labelme2coco reads as one instance.
 """
 import json
 import os
@@ -29,6 +33,9 @@ from utils.functions import write_atomically
 ArrayLike = Union[np.ndarray, Tensor]
 
 INSTANCE_PNG_SUFFIX = '_instances.png'
+LABELME_FOLDER = 'labelme'
+# The labelme release whose file format (5.x: polygon shapes, imageData may be null) is written.
+LABELME_VERSION = '5.5.0'
 MAX_INSTANCES = np.iinfo(np.uint16).max
 
 
@@ -143,13 +150,40 @@ def _write_atomically(path: str, data: bytes) -> None:
     write_atomically(path, lambda f: f.write(data))
 
 
-def write_result_json(path: str, image: str, height: int, width: int, detections: List[dict]) -> None:
-    """Write one image's results: {"image", "height", "width", "detections"} (see the module doc).
+def result_document(image: Optional[str], height: int, width: int, detections: List[dict]) -> dict:
+    """One image's results: {"image", "height", "width", "detections"} (see the module doc).
 
-    image: the input file name; detections: `detections_to_records`' list.
+    image: the input file name (None for a picture that came from no file); detections:
+    `detections_to_records`' list.
     """
-    doc = {'image': image, 'height': int(height), 'width': int(width), 'detections': detections}
+    return {'image': image, 'height': int(height), 'width': int(width), 'detections': detections}
+
+
+def write_json(path: str, doc: dict) -> None:
+    """`doc` as a JSON file, written atomically (the folder is made first)."""
     _write_atomically(path, json.dumps(doc).encode('utf-8'))
+
+
+def write_result_json(path: str, image: Optional[str], height: int, width: int, detections: List[dict]) -> None:
+    """Write `result_document(image, height, width, detections)` to `path`."""
+    write_json(path, result_document(image, height, width, detections))
+
+
+def labelme_document(image_path: str, height: int, width: int, names: Sequence[str], scores: Sequence[float],
+                     polygons: Sequence[Sequence[np.ndarray]]) -> dict:
+    """A labelme annotation file's content: per detection i (class names[i], scores[i]) one polygon
+    shape per contour of polygons[i] (ndarray[K, 2] x, y pixels); a detection of several contours
+    gives them one group_id. imageData is left null: labelme reads the image from image_path (relative
+    to the json's folder)."""
+    shapes = []
+    for i, (name, score, contours) in enumerate(zip(names, scores, polygons)):
+        for contour in contours:
+            shapes.append({'label': name, 'points': np.asarray(contour, dtype=float).tolist(),
+                           'group_id': i + 1 if len(contours) > 1 else None,
+                           'description': f'score {float(score):.3f}', 'shape_type': 'polygon',
+                           'flags': {}, 'mask': None})
+    return {'version': LABELME_VERSION, 'flags': {}, 'shapes': shapes, 'imagePath': image_path,
+            'imageData': None, 'imageHeight': int(height), 'imageWidth': int(width)}
 
 
 def write_instance_png(path: str, masks: Optional[ArrayLike], height: int, width: int) -> None:

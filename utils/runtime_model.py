@@ -1,4 +1,4 @@
-"""Run a file written by export.py (ONNX, float32 or int8) where eval.py runs a Yolact.
+"""Run a file written by export.py (ONNX float32 or int8, or TorchScript) where eval.py runs a Yolact.
 
 `RuntimeYolact` is an nn.Module whose forward runs the file in onnxruntime and hands its outputs
 to the repository's own `Detect` (Fast NMS or the others, as eval.py's flags set them), so
@@ -8,20 +8,26 @@ checkpoint's. The config, class names, input size and NMS settings come from the
 (export.py's `export_metadata`), not from flags.
 
     session, meta = open_exported('yolact_base.int8.onnx')
-    use_exported_config(meta)           # the active cfg becomes the file's
-    net = RuntimeYolact(session, meta)  # net(images) -> Detect's output, as Yolact in eval mode
+    config = exported_config(meta)              # a Config of the file's own (the global cfg untouched)
+    net = RuntimeYolact(session, meta, config)  # net(images) -> Detect's output, as Yolact in eval mode
+
+A TorchScript file (export.py --format torchscript) runs through the same class: `open_exported`
+wraps it in `TorchScriptSession`, which answers the two calls RuntimeYolact makes of a session.
 """
 import json
 import os
+import warnings
+import zipfile
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from data.config import activation_func, cfg, own_config, set_cfg
+from data.config import Config, activation_func, cfg, config_for, own_config
 from layers.functions.detection import Detect
-from utils.onnx_postprocess import METADATA_KEY
+from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 
 EXPORTED_SUFFIX = '.onnx'
 REQUIREMENTS_FILE = 'requirements-export.txt'
@@ -34,9 +40,19 @@ class RuntimeModelError(RuntimeError):
     """An exported file that cannot be run: unreadable, not from export.py, runtime missing."""
 
 
+def is_torchscript(path: str) -> bool:
+    """True for a TorchScript file written by export.py: a zip archive holding its metadata as the
+    extra file 'yolact.json' (a .pth checkpoint is a zip archive too, without it)."""
+    if not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split('/', 1)[-1] == f'extra/{TORCHSCRIPT_METADATA_FILE}' for name in archive.namelist())
+
+
 def is_exported(path: str) -> bool:
-    """True for a file eval.py runs through onnxruntime instead of loading as a checkpoint."""
-    return path.lower().endswith(EXPORTED_SUFFIX)
+    """True for a file run as exported (ONNX in onnxruntime, or export.py's TorchScript) instead
+    of loaded as a checkpoint."""
+    return path.lower().endswith(EXPORTED_SUFFIX) or is_torchscript(path)
 
 
 def _first_line(err: BaseException) -> str:
@@ -46,9 +62,9 @@ def _first_line(err: BaseException) -> str:
 
 def _session_options(ort: Any) -> Any:
     options = ort.SessionOptions()
-    if os.environ.get('OMP_WAIT_POLICY', '').upper() == 'PASSIVE':
-        # The same request as PyTorch's OpenMP threads get: do not spin on shared cores.
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    # PyTorch takes over the cores right after each run (Detect, mask assembly): onnxruntime's
+    # threads spinning on, waiting for more work, would compete with it.
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return options
 
 
@@ -75,8 +91,13 @@ def read_metadata(session: Any, path: str) -> Dict[str, Any]:
     if METADATA_KEY not in custom:
         raise RuntimeModelError(f"{path} has no '{METADATA_KEY}' metadata (config, class names, input "
                                 f"size): only files written by export.py can be evaluated")
+    return parse_metadata(custom[METADATA_KEY], path)
+
+
+def parse_metadata(text: Any, path: str) -> Dict[str, Any]:
+    """export.py's metadata (JSON text or bytes) of the file at `path`, checked for what eval.py needs."""
     try:
-        meta = json.loads(custom[METADATA_KEY])
+        meta = json.loads(text)
     except ValueError as err:
         raise RuntimeModelError(f"{path}: its '{METADATA_KEY}' metadata is not JSON ({_first_line(err)})") from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(meta, dict) or key not in meta]
@@ -89,8 +110,48 @@ def read_metadata(session: Any, path: str) -> Dict[str, Any]:
     return meta
 
 
+class TorchScriptSession:
+    """A TorchScript module behind the part of onnxruntime's InferenceSession that RuntimeYolact
+    and the mask-IoU head use (`get_inputs()[0]`, `run`), run on the CPU."""
+
+    def __init__(self, module: Any):
+        self.module = module
+
+    def get_inputs(self) -> List[Any]:
+        # A traced export takes any batch size.
+        return [SimpleNamespace(name='images', shape=['batch'])]
+
+    def run(self, output_names: Any, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        (array,) = feeds.values()
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(array))
+        return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _jit_load(path: str, extra: Optional[Dict[str, Any]] = None) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch flags TorchScript as deprecated; the file was exported in it on request.
+            warnings.simplefilter('ignore', FutureWarning)
+            return torch.jit.load(path, map_location='cpu', _extra_files=extra or {}).eval()
+    except Exception as err:  # torch.jit raises several types for a bad archive
+        raise RuntimeModelError(f"{path}: torch.jit cannot load it ({_first_line(err)})") from None
+
+
+def open_torchscript(path: str) -> Tuple[TorchScriptSession, Dict[str, Any]]:
+    """(session-like wrapper, metadata) of a TorchScript file written by export.py."""
+    extra = {TORCHSCRIPT_METADATA_FILE: ''}
+    module = _jit_load(path, extra)
+    if not extra[TORCHSCRIPT_METADATA_FILE]:
+        raise RuntimeModelError(f"{path} has no '{TORCHSCRIPT_METADATA_FILE}' (config, class names, input "
+                                f"size): only files written by export.py can be run")
+    return TorchScriptSession(module), parse_metadata(extra[TORCHSCRIPT_METADATA_FILE], path)
+
+
 def open_exported(path: str) -> Tuple[Any, Dict[str, Any]]:
-    """(onnxruntime session, metadata) of an exported file, or RuntimeModelError."""
+    """(onnxruntime session or TorchScriptSession, metadata) of an exported file, or RuntimeModelError."""
+    if is_torchscript(path):
+        return open_torchscript(path)
     session = open_session(path)
     return session, read_metadata(session, path)
 
@@ -100,25 +161,28 @@ def describe(meta: Dict[str, Any]) -> str:
     return f"{meta['config']}, {meta.get('precision', 'fp32')}, {meta['input_size']} px"
 
 
-def use_exported_config(meta: Dict[str, Any]) -> None:
-    """Make the file's config active with what the file was exported with: its classes (and
-    category ids), input size, NMS settings and mask activation.
-
-    The config is looked up by name (data/config.py), for what the metadata does not hold: the
-    backbone's input transform and the post-processing switches.
-    """
-    set_cfg(meta['config'])
-    names = tuple(meta['class_names'])
+def exported_config(meta: Dict[str, Any]) -> Config:
+    """A config of its own for an exported file: the one its metadata names (data/config.py, for
+    what the metadata does not hold: the backbone's input transform and the post-processing
+    switches) with what the file was exported with: its classes (and category ids), input size,
+    NMS settings and mask activation."""
+    config = config_for(meta['config'])
     ids = meta.get('category_ids')
     label_map = None if ids is None else {int(cat_id): label for label, cat_id in enumerate(ids, start=1)}
-    cfg.dataset = cfg.dataset.copy({'class_names': names, 'label_map': label_map})
-    cfg.num_classes = int(meta['num_classes'])
-    cfg.max_size = int(meta['input_size'])
-    cfg.nms_conf_thresh = meta['conf_thresh']
-    cfg.nms_thresh = meta['nms_thresh']
-    cfg.nms_top_k = meta['top_k']
-    cfg.max_num_detections = meta['max_num_detections']
-    cfg.mask_proto_mask_activation = getattr(activation_func, meta['mask_activation'])
+    config.dataset = config.dataset.copy({'class_names': tuple(meta['class_names']), 'label_map': label_map})
+    config.num_classes = int(meta['num_classes'])
+    config.max_size = int(meta['input_size'])
+    config.nms_conf_thresh = meta['conf_thresh']
+    config.nms_thresh = meta['nms_thresh']
+    config.nms_top_k = meta['top_k']
+    config.max_num_detections = meta['max_num_detections']
+    config.mask_proto_mask_activation = getattr(activation_func, meta['mask_activation'])
+    return config
+
+
+def use_exported_config(meta: Dict[str, Any]) -> None:
+    """Make `exported_config(meta)` the active (global) config, as eval.py works."""
+    cfg.replace(exported_config(meta))
 
 
 class _MaskIoUSession(nn.Module):
@@ -142,11 +206,14 @@ class RuntimeYolact(nn.Module):
     S the file's input size) -> Detect's output: one ``{'detection': {'box', 'mask', 'class',
     'score', 'proto'} or None, 'net': self}`` per image. The file computes everything before NMS
     (boxes already decoded); `self.detect` (layers.functions.detection.Detect, built from the
-    file's NMS settings) does the rest on the CPU. It has no parameters, so Predictor runs it on
+    file's NMS settings) does the rest on the CPU. It has no parameters, so NetRunner runs it on
     the CPU whatever device eval.py was given.
+
+    config: what postprocess and the input transform read (`exported_config(meta)`, or the active
+    cfg where eval.py made that the file's).
     """
 
-    def __init__(self, session: Any, meta: Dict[str, Any], maskiou_session: Any = None):
+    def __init__(self, session: Any, meta: Dict[str, Any], config: Config, maskiou_session: Any = None):
         super().__init__()
         self.session = session
         self.meta = meta
@@ -155,8 +222,8 @@ class RuntimeYolact(nn.Module):
         self.input_size = int(meta['input_size'])
         fixed = session.get_inputs()[0].shape[0]
         self.fixed_batch = fixed if isinstance(fixed, int) else None
-        # A copy of what use_exported_config made active: postprocess reads its switches from here.
-        self.config = own_config()
+        # postprocess reads its switches from here; a copy, so a later set_cfg cannot change them.
+        self.config = own_config(config)
         self.detect = Detect(int(meta['num_classes']), bkg_label=0, top_k=meta['top_k'],
                              conf_thresh=meta['conf_thresh'], nms_thresh=meta['nms_thresh'],
                              max_num_detections=meta['max_num_detections'], max_size=self.input_size)
@@ -193,13 +260,26 @@ class RuntimeYolact(nn.Module):
         return out
 
 
-def load_exported(path: str, session: Any = None, meta: Optional[Dict[str, Any]] = None) -> RuntimeYolact:
+def load_exported(path: str, session: Any = None, meta: Optional[Dict[str, Any]] = None,
+                  config: Optional[Config] = None, verbose: bool = True) -> RuntimeYolact:
     """A RuntimeYolact of the exported file at `path` (YOLACT++: its mask-IoU head beside it too).
-    `session` and `meta` from an earlier `open_exported(path)` are reused when given."""
+    `session` and `meta` from an earlier `open_exported(path)` are reused when given; `config`
+    defaults to `exported_config(meta)`. verbose: print a line about the file."""
     if session is None or meta is None:
         session, meta = open_exported(path)
-    print(f'Loaded exported model {os.path.basename(path)} ({describe(meta)}), running in onnxruntime.')
+    torchscript = isinstance(session, TorchScriptSession)
+    if verbose:
+        print(f'Loaded exported model {os.path.basename(path)} ({describe(meta)}), running in '
+              f'{"TorchScript" if torchscript else "onnxruntime"}.')
     maskiou = None
     if meta.get('maskiou_model'):
-        maskiou = open_session(os.path.join(os.path.dirname(os.path.abspath(path)), meta['maskiou_model']))
-    return RuntimeYolact(session, meta, maskiou)
+        maskiou_file = os.path.join(os.path.dirname(os.path.abspath(path)), meta['maskiou_model'])
+        maskiou = open_torchscript_module(maskiou_file) if torchscript else open_session(maskiou_file)
+    return RuntimeYolact(session, meta, exported_config(meta) if config is None else config, maskiou)
+
+
+def open_torchscript_module(path: str) -> TorchScriptSession:
+    """A TorchScript file without metadata (YOLACT++'s mask-IoU head) as a session."""
+    if not os.path.isfile(path):
+        raise RuntimeModelError(f"exported model not found: {path}")
+    return TorchScriptSession(_jit_load(path))

@@ -84,7 +84,7 @@ def draw_predictions(net: nn.Module, dataset, class_names: Sequence[str], count:
     Returns:
         ndarray[H, W, 3] uint8 RGB, or None when the dataset is empty.
     """
-    from utils.inference import InferenceOptions, Predictor, render
+    from utils.inference import InferenceOptions, NetRunner, render
     from utils.visualize import image_grid
 
     count = min(count, len(dataset))
@@ -97,9 +97,9 @@ def draw_predictions(net: nn.Module, dataset, class_names: Sequence[str], count:
     try:
         with preserved_rng(device), torch.no_grad():
             net.eval()
-            predictor = Predictor(net, device, amp=amp_dtype is not None, amp_dtype_name=amp_name)
+            predictor = NetRunner(net, device, amp=amp_dtype is not None, amp_dtype_name=amp_name)
             for index in range(count):
-                # Images differ in size: one at a time (Predictor batches same-size frames).
+                # Images differ in size: one at a time (NetRunner batches same-size frames).
                 frames, det_output = predictor([dataset.pull_image(index)])
                 tiles.append(_square(render(frames[0], det_output, 0, class_names, opts)))
     finally:
