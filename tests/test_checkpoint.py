@@ -58,3 +58,20 @@ def test_pickle_carrying_code_is_refused_and_not_run(tmp_path, monkeypatch):
         load_state_dict_file(str(evil))
     assert '\x1b' not in str(err.value) and '\n' not in str(err.value)
     assert not (tmp_path / 'PWNED_BY_PICKLE').exists()
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    import os
+    import stat
+
+    from utils.functions import write_atomically
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / 'metrics.json'
+        write_atomically(str(path), lambda f: f.write(b'{}'))
+        plain = tmp_path / 'plain.json'
+        plain.write_bytes(b'{}')
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b'{}'
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

@@ -151,6 +151,12 @@ def check_writable_folder(path: str, flag: str) -> None:
                          f"{err.strerror or type(err).__name__}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`: a
     crash or a kill during the write leaves the previous file (or none), never half a file."""
@@ -161,6 +167,8 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); the result gets the mode open() would give it.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
