@@ -170,8 +170,7 @@ def probe_bf16_ratio(shape: ProbeShape, budget_s: float = 0.3) -> float:
     each, for about 2 x `budget_s` (at least 2 rounds) after one warm-up each; -> bf16 time /
     float32 time.
 
-    The shape matters: on an AMX CPU the demo's training step (batch 8 at 160 px) runs several
-    times slower in bf16 while yolact_base inference at 550 px runs faster, so it is the run's own."""
+    The shape matters (small inputs gain least from bf16), so it is the run's own."""
     gen = torch.Generator().manual_seed(0)
     widths = (3, 32, 64, 128)
     layers: List[nn.Module] = [nn.Conv2d(3, 32, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
@@ -240,9 +239,8 @@ def bf16_verdict(shape: ProbeShape = INFERENCE_550, probe: Optional[Callable[[Pr
 
     Native only where the CPU flags have AVX512_BF16 or AMX-BF16, PyTorch runs its AVX-512 kernels
     and no ONEDNN_MAX_CPU_ISA cap stops oneDNN below its bf16 instructions; then a probe (`probe_bf16_ratio`, about a second) must find bf16 at most
-    BF16_MAX_RATIO of the float32 time: it catches shapes too small to gain (on an AMX CPU the
-    demo's 160 px training step runs several times slower in bf16) and slow paths the flags
-    cannot show. Its verdict is
+    BF16_MAX_RATIO of the float32 time: it catches shapes too small to gain and slow paths the
+    flags cannot show. Its verdict is
     kept in `speed_cache_file()` under `probe_key(shape)` and read by later runs.
     """
     probe = probe or probe_bf16_ratio
