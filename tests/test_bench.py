@@ -8,6 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import bench  # noqa: E402
+from test_device import drop_isa_caps  # noqa: E402
 
 
 def record(row, impl, seconds, cpu=None, flops=None, amp=None, unit='s/step', scale=1.0):
@@ -78,6 +79,7 @@ def test_amp_rows_run_what_amp_picks_at_their_shape(monkeypatch, ratio):
     monkeypatch.setattr(utils.device, 'read_cpuinfo', lambda: {'model name': 'x', 'flags': 'avx512f amx_bf16'})
     monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX512')
     monkeypatch.setattr(utils.device, 'probe_bf16_ratio', lambda shape: shapes.append(tuple(shape)) or ratio)
+    drop_isa_caps(monkeypatch)
     cpu = torch.device('cpu')
     want = torch.bfloat16 if ratio < 1 else None  # a probe finding bf16 slower: the row runs float32
     assert bench.amp_dtype(cpu, bench.ROWS['train_demo_amp'], 160) == want

@@ -71,6 +71,14 @@ FLAGS = {  # the bf16-relevant part of each kind's flags line
 }
 
 
+def drop_isa_caps(monkeypatch):
+    """A simulated CPU is not capped: ignore the ISA caps of the environment the suite runs in
+    (e.g. the AVX2 emulation's ONEDNN_MAX_CPU_ISA=AVX2)."""
+    import utils.device
+    for name in utils.device.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+
+
 class FakeCpu:
     """A CPU kind for utils.device: its cpuinfo, PyTorch's capability and a probe that counts calls."""
 
@@ -81,6 +89,7 @@ class FakeCpu:
         monkeypatch.setattr(utils.device, 'read_cpuinfo', lambda: {'model name': self.model, 'flags': FLAGS[kind]})
         monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX2' if kind == 'avx2' else 'AVX512')
         monkeypatch.setattr(utils.device, 'probe_bf16_ratio', self.probe)
+        drop_isa_caps(monkeypatch)
 
     def probe(self, shape):
         self.calls.append(shape)
@@ -213,6 +222,7 @@ def test_cpu_kind_names_the_three_kinds(monkeypatch):
 def test_channels_last_by_device_precision_and_mode(monkeypatch):
     import utils.device
     from utils.device import prefers_channels_last
+    drop_isa_caps(monkeypatch)
     assert prefers_channels_last(CPU, amp=False, training=False) is True  # eval: fewer reorders
     monkeypatch.setattr(utils.device, 'cpu_capability', lambda: 'AVX2')
     notes = []
