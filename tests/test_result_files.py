@@ -23,9 +23,10 @@ from utils.inference import InferenceError, InferenceOptions, evalimage
 from utils.result_files import (
     detections_to_records,
     instance_image,
+    result_document,
     result_file_paths,
     write_instance_png,
-    write_result_json,
+    write_json,
 )
 from utils.visualize import DrawOptions
 
@@ -195,13 +196,13 @@ def test_json_file_and_paths(tmp_path):
     assert result_file_paths(str(tmp_path / 'out' / 'img1.png')) == (
         str(tmp_path / 'out' / 'img1.json'), str(tmp_path / 'out' / 'img1_instances.png'))
     path = tmp_path / 'out' / 'img1.json'
-    write_result_json(str(path), 'img1.jpg', H, W, [])
+    write_json(str(path), result_document('img1.jpg', H, W, []))
     assert json.loads(path.read_text()) == {'image': 'img1.jpg', 'height': H, 'width': W, 'detections': []}
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / 'r.json'
-    write_result_json(str(path), 'old.jpg', H, W, [])
+    write_json(str(path), result_document('old.jpg', H, W, []))
 
     def interrupted(src, dst):
         assert json.loads(open(src).read())['image'] == 'new.jpg'  # written in full, elsewhere
@@ -209,7 +210,7 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(result_files.os, 'replace', interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_result_json(str(path), 'new.jpg', H, W, [])
+        write_json(str(path), result_document('new.jpg', H, W, []))
     monkeypatch.undo()
     assert json.loads(path.read_text())['image'] == 'old.jpg'
     assert [p.name for p in tmp_path.iterdir()] == ['r.json']  # the temporary file is gone

@@ -164,11 +164,6 @@ def write_json(path: str, doc: dict) -> None:
     _write_atomically(path, json.dumps(doc).encode('utf-8'))
 
 
-def write_result_json(path: str, image: Optional[str], height: int, width: int, detections: List[dict]) -> None:
-    """Write `result_document(image, height, width, detections)` to `path`."""
-    write_json(path, result_document(image, height, width, detections))
-
-
 def labelme_document(image_path: str, height: int, width: int, names: Sequence[str], scores: Sequence[float],
                      polygons: Sequence[Sequence[np.ndarray]]) -> dict:
     """A labelme annotation file's content: per detection i (class names[i], scores[i]) one polygon
