@@ -26,7 +26,7 @@ from torch import nn
 
 from data.config import Config, ConfigError, config_for, describe_classes
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.device import autocast_dtype, prefers_channels_last, select_device
+from utils.device import ProbeShape, autocast_dtype, prefers_channels_last, select_device
 from utils.evaluation import EvalOptions, configure_detect
 from utils.inference import (
     FrameReader,
@@ -212,7 +212,8 @@ def load_network(path: str, device: torch.device, config_name: Optional[str] = N
     if classes is not None:
         _names_override(classes, config, path)
     net = load_model(path, device, config, verbose=False)
-    if prefers_channels_last(device, autocast_dtype(device, amp, 'auto', notify=None) is not None):
+    if prefers_channels_last(device, autocast_dtype(device, amp, 'auto', notify=None,
+                                                   shape=ProbeShape(size=config.max_size)) is not None):
         net = net.to(memory_format=torch.channels_last)  # as eval.py runs it: same results, faster convs
     return net, config
 
