@@ -9,7 +9,7 @@
 #   DEMO_ITERS     training iterations (default: the config's, 2000)  DEMO_BATCH  batch size (8)
 #   DEMO_TRAIN     synthetic training images (2000)       DEMO_VAL     validation images (200)
 #   DEMO_DATA      dataset folder (data/synthetic)        DEMO_OUT     output folder (demo_output)
-#   DEMO_WORKERS   data loading processes (2)             DEMO_VAL_EPOCHS  epochs between validations (3)
+#   DEMO_WORKERS   data loading processes (0)             DEMO_VAL_EPOCHS  epochs between validations (3)
 #   DEMO_FRESH=1   retrain (and re-evaluate, redraw) even if DEMO_OUT has a finished run
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,7 +22,7 @@ DEMO_TRAIN=${DEMO_TRAIN:-2000}
 DEMO_VAL=${DEMO_VAL:-200}
 DEMO_DATA=${DEMO_DATA:-data/synthetic}
 DEMO_OUT=${DEMO_OUT:-demo_output}
-DEMO_WORKERS=${DEMO_WORKERS:-2}
+DEMO_WORKERS=${DEMO_WORKERS:-0}
 DEMO_VAL_EPOCHS=${DEMO_VAL_EPOCHS:-3}
 
 step() { printf '\n==> %s\n' "$*"; }
