@@ -10,12 +10,12 @@
 
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
 file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8,
-or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (utils/runtime_model.py) with the same Detect, masks and COCOeval; its config
-and class names come from its metadata. The work is done in utils/evaluation.py (the dataset
+or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (deploy/runtime_model.py) with the same Detect, masks and COCOeval; its config
+and class names come from its metadata. The work is done in evaluation/evaluator.py (the dataset
 evaluation, which train.py's validation also runs; `eval.evaluate(net, dataset, train_mode=True)`
-still works), utils/coco_results.py (COCO conversion and COCOeval), utils/inference.py (images,
+still works), evaluation/coco_results.py (COCO conversion and COCOeval), deploy/inference.py (images,
 videos, benchmark) on predictor.Predictor (what a Python program uses: the pictures and files
-written here are its Results') and utils/visualize.py (drawing).
+written here are its Results') and deploy/visualize.py (drawing).
 """
 import argparse
 import os
@@ -35,10 +35,31 @@ from data.coco import (
     user_dataset_paths,
 )
 from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
+from deploy.inference import (
+    InferenceError,
+    InferenceOptions,
+    configure_detect,
+    evalimage,
+    evalimages,
+    evalvideo,
+    open_video,
+)
+from deploy.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
+from deploy.visualize import DrawOptions, covers
+from evaluation.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_coco_eval_backend
+from evaluation.evaluator import (  # noqa: F401 - re-exported: the original's eval.evaluate(net, dataset, ...)
+    EvalOptions,
+    _id_hash,
+    _options,
+    eval_order,
+    evaluate,
+    evaluate_dataset,
+    print_results,
+    validation_map,
+)
 from predictor import Predictor
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_coco_eval_backend
 from utils.device import (
     AMP_CHOICES,
     DeviceError,
@@ -48,21 +69,7 @@ from utils.device import (
     prefers_channels_last,
     select_device,
 )
-from utils.evaluation import (  # noqa: F401 - re-exported: the original's eval.evaluate(net, dataset, ...)
-    EvalOptions,
-    _id_hash,
-    _options,
-    configure_detect,
-    eval_order,
-    evaluate,
-    evaluate_dataset,
-    print_results,
-    validation_map,
-)
 from utils.functions import SavePath, check_writable_folder
-from utils.inference import InferenceError, InferenceOptions, evalimage, evalimages, evalvideo, open_video
-from utils.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
-from utils.visualize import DrawOptions, covers
 from yolact import load_model, use_checkpoint_classes
 
 
@@ -392,7 +399,7 @@ def check_media_inputs(opts: EvalArgs) -> None:
 def media_predictor(net: torch.nn.Module, opts: EvalArgs) -> Predictor:
     """The Predictor of --image / --images / --video: the flags' NMS, --top_k, --score_threshold,
     --crop and autocast, the active config's class names."""
-    configure_detect(net, opts)
+    configure_detect(net, opts.fast_nms, opts.cross_class_nms)
     return Predictor.from_network(net, cfg.dataset.class_names, score_threshold=opts.score_threshold,
                                   top_k=opts.top_k, amp=opts.amp, amp_dtype=opts.amp_dtype, crop_masks=opts.crop)
 

@@ -11,7 +11,7 @@ or the repository's FastBaseTransform) it returns, per prior:
     scores (float32[B, P, C]) class scores (background in column 0),
     coeffs (float32[B, P, M]) mask coefficients,
     proto  (float32[B, h, w, M]) prototype masks.
-utils/onnx_postprocess.py (numpy only) turns them into final detections: Fast NMS, mask assembly,
+deploy/onnx_postprocess.py (numpy only) turns them into final detections: Fast NMS, mask assembly,
 crop and resize. The settings it needs (input size, normalisation, class names, NMS thresholds) are
 stored in the model: ONNX metadata key 'yolact', TorchScript extra file 'yolact.json'.
 
@@ -43,10 +43,10 @@ import torch.nn as nn
 from backbone import DCN
 from data.coco import COCODetection, DatasetFileNotFoundError, DatasetFormatError, coco_dataset_paths
 from data.config import MEANS, STD, Config, ConfigError, activation_func, own_config, set_cfg
+from deploy.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from layers.box_utils import decode
 from utils.augmentations import BaseTransform
 from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from yolact import load_model, use_checkpoint_classes
 
 INPUT_NAME = 'images'
@@ -568,7 +568,7 @@ def default_output(trained_model: str, fmt: str, int8: bool = False) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Export a trained YOLACT to ONNX or TorchScript (outputs before NMS; see '
-                    'utils/onnx_postprocess.py for the numpy post-processing).')
+                    'deploy/onnx_postprocess.py for the numpy post-processing).')
     parser.add_argument('--trained_model', required=True, help='checkpoint (.pth) to export')
     parser.add_argument('--config', default=None,
                         help='config name; inferred from the checkpoint name if omitted '

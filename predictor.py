@@ -13,7 +13,7 @@ onnxruntime) or an exported TorchScript file (export.py writes both; config and 
 from their metadata, and they run on the CPU). Each Predictor holds a config of its own: several
 may live side by side, and none reads or changes the global ``data.config.cfg``.
 
-eval.py's --image, --images and --video are built on this class (utils/inference.py), so a picture,
+eval.py's --image, --images and --video are built on this class (deploy/inference.py), so a picture,
 a --save_json file or a labelme file from the command line is what `Result` gives here.
 """
 import os
@@ -25,22 +25,20 @@ import torch
 from torch import nn
 
 from data.config import Config, ConfigError, config_for, describe_classes
-from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.device import ProbeShape, autocast_dtype, prefers_channels_last, select_device
-from utils.evaluation import EvalOptions, configure_detect
-from utils.inference import (
+from deploy.inference import (
     FrameReader,
     InferenceError,
     InferenceOptions,
     NetRunner,
     config_of,
+    configure_detect,
     list_images,
     open_video,
     read_image,
     shown_detections,
     write_image,
 )
-from utils.result_files import (
+from deploy.result_files import (
     detections_to_records,
     labelme_document,
     mask_polygons,
@@ -48,8 +46,10 @@ from utils.result_files import (
     write_instance_png,
     write_json,
 )
-from utils.runtime_model import exported_config, is_exported, load_exported, open_exported
-from utils.visualize import DrawOptions, draw_detections
+from deploy.runtime_model import exported_config, is_exported, load_exported, open_exported
+from deploy.visualize import DrawOptions, draw_detections
+from utils.checkpoint import CheckpointError, config_name_from_checkpoint
+from utils.device import ProbeShape, autocast_dtype, prefers_channels_last, select_device
 from yolact import load_model, use_checkpoint_classes
 
 ImageInput = Union[str, Path, np.ndarray]
@@ -121,14 +121,14 @@ class Result:
 
     def polygons(self) -> List[List[np.ndarray]]:
         """Per detection its mask's outer contours, each an ndarray[K, 2] of (x, y) pixels
-        (utils.result_files.mask_polygons); empty lists without masks."""
+        (deploy.result_files.mask_polygons); empty lists without masks."""
         if self.masks is None:
             return [[] for _ in range(len(self))]
         return [[np.asarray(flat).reshape(-1, 2) for flat in mask_polygons(mask.astype(np.uint8))]
                 for mask in self.masks]
 
     def to_json(self) -> Dict[str, Any]:
-        """The dict eval.py --save_json writes (utils/result_files.py): {"image": the input's file
+        """The dict eval.py --save_json writes (deploy/result_files.py): {"image": the input's file
         name (None for an array), "height", "width", "detections": [{class_name, class_id, score,
         box, mask: {rle, polygons, area}}, ...]}."""
         records = detections_to_records(self._classes, self._scores, self._boxes, self._masks, self.class_names)
@@ -146,7 +146,7 @@ class Result:
 
     def plot(self, masks: bool = True, boxes: bool = True, labels: bool = True, scores: bool = True,
              fps_text: str = '') -> np.ndarray:
-        """The detections drawn on the image (utils.visualize.draw_detections): ndarray[H, W, 3]
+        """The detections drawn on the image (deploy.visualize.draw_detections): ndarray[H, W, 3]
         uint8 BGR. labels / scores: write the class names / the scores after them."""
         opts = DrawOptions(top_k=len(self), score_threshold=float('-inf'), display_masks=masks,
                            display_bboxes=boxes, display_text=labels, display_scores=scores)
@@ -165,7 +165,7 @@ class Result:
 
     def save_masks(self, path: str) -> str:
         """Write the masks as a 16-bit instance PNG (0 background, detection i painted i + 1;
-        utils.result_files.instance_image). Returns `path`."""
+        deploy.result_files.instance_image). Returns `path`."""
         if self._masks is None:
             raise InferenceError("no masks to save: the mask branch did not run (--detect)")
         write_instance_png(path, self._masks, *self.image_size)
@@ -238,7 +238,7 @@ class Predictor:
                  classes: Optional[Sequence[str]] = None, crop_masks: bool = True):
         target = select_device(device)
         net, net_config = load_network(str(path), target, config, classes, amp)
-        configure_detect(net, EvalOptions())  # eval.py's default NMS: the paper's Fast NMS
+        configure_detect(net)  # eval.py's default NMS: the paper's Fast NMS
         self._setup(net, net_config, net_config.dataset.class_names, target if not is_exported(str(path)) else None,
                     score_threshold, top_k, amp, 'auto', crop_masks)
 

@@ -80,7 +80,7 @@ else
 fi
 map_line=$($PY - "$DEMO_OUT/eval/metrics.json" <<'PY'
 import sys
-from utils.eval_report import read_metrics
+from evaluation.report import read_metrics
 m = read_metrics(sys.argv[1])
 print(f"box mAP {m['box']['AP']}, mask mAP {m['mask']['AP']} over {m['images']} images")
 PY
@@ -97,7 +97,7 @@ else
     for f in $(ls "$DEMO_DATA/val" | sort | head -n 16); do cp "$DEMO_DATA/val/$f" "$samples/"; done
     $PY eval.py --trained_model "$final" --config "$CONFIG" --node_device cpu \
         --score_threshold 0.3 --top_k 10 --images "$samples:$DEMO_OUT/predictions"
-    $PY -m utils.visualize grid "$DEMO_OUT/predictions" "$DEMO_OUT/predictions.png" --columns 4
+    $PY -m deploy.visualize grid "$DEMO_OUT/predictions" "$DEMO_OUT/predictions.png" --columns 4
 fi
 
 cat <<DONE

@@ -7,11 +7,11 @@
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST train.py ...   # README: multi-node
 
 This file is the training story: flags, set-up and the loop. Its helpers live in modules named
-for their job: utils/schedule.py (config and flags combined, learning rate, optimizer),
-utils/train_loop.py (NetLoss and one training step), utils/evaluation.py (the validation mAP),
-utils/distributed.py (launch environment, process group), data/sampler.py (seeded, resumable data
-order), utils/train_state.py (checkpoints and the training state beside them), utils/signals.py
-(SIGINT/SIGTERM), utils/progress.py (the progress line).
+for their job: training/schedule.py (config and flags combined, learning rate, optimizer),
+training/step.py (NetLoss and one training step), evaluation/evaluator.py (the validation mAP),
+training/distributed.py (launch environment, process group), data/sampler.py (seeded, resumable data
+order), training/state.py (checkpoints and the training state beside them), training/signals.py
+(SIGINT/SIGTERM), training/progress.py (the progress line).
 """
 import argparse
 import math
@@ -28,21 +28,9 @@ import torch.utils.data as torch_data
 from data.coco import COCODetection, check_dataset_files, detection_collate, prepare_batch
 from data.config import MEANS, STD, ConfigError, cfg
 from data.sampler import ResumableSampler, resumable_loader
-from utils.augmentations import BaseTransform, SSDAugmentation
-from utils.checkpoint import CheckpointError
-from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
-from utils.device import (
-    AMP_CHOICES,
-    DeviceError,
-    ProbeShape,
-    autocast_dtype,
-    default_device_type,
-    grad_scaler,
-    prefers_channels_last,
-    select_device,
-    synchronize,
-)
-from utils.distributed import (
+from evaluation.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
+from evaluation.evaluator import validation_map
+from training.distributed import (
     DistInfo,
     all_gather,
     all_ranks_agree,
@@ -54,15 +42,10 @@ from utils.distributed import (
     shutdown,
     wrap_ddp,
 )
-from utils.evaluation import validation_map
-from utils.functions import SavePath, check_writable_folder
-from utils.logger import Log
-from utils.progress import Reporter
-from utils.schedule import DEFAULT_CONFIG, Schedule, build_optimizer, configure, learning_rate, set_lr
-from utils.signals import StopRequest
-from utils.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
-from utils.train_loop import NetLoss, StepResult, build_criterion, train_step
-from utils.train_state import (
+from training.progress import Reporter
+from training.schedule import DEFAULT_CONFIG, Schedule, build_optimizer, configure, learning_rate, set_lr
+from training.signals import StopRequest
+from training.state import (
     BestRecord,
     CheckpointWriteError,
     agree_on_resume,
@@ -74,6 +57,23 @@ from utils.train_state import (
     seed_everything,
     write_checkpoint,
 )
+from training.step import NetLoss, StepResult, build_criterion, train_step
+from training.tensorboard import TensorBoardWriter, check_tensorboard, tensorboard_folder
+from utils.augmentations import BaseTransform, SSDAugmentation
+from utils.checkpoint import CheckpointError
+from utils.device import (
+    AMP_CHOICES,
+    DeviceError,
+    ProbeShape,
+    autocast_dtype,
+    default_device_type,
+    grad_scaler,
+    prefers_channels_last,
+    select_device,
+    synchronize,
+)
+from utils.functions import SavePath, check_writable_folder
+from utils.logger import Log
 from yolact import Yolact
 
 

@@ -345,8 +345,8 @@ def run_eval(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
 
 def run_train(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     from data.config import cfg
-    from utils.schedule import MIN_BN_BATCH
-    from utils.train_loop import NetLoss, build_criterion, train_step
+    from training.schedule import MIN_BN_BATCH
+    from training.step import NetLoss, build_criterion, train_step
     batch = row.batch or 2
     net = build_net(row.config, size, device, train=True, freeze_bn=batch < MIN_BN_BATCH)
     channels_last = use_channels_last(s.channels_last, device, row.amp, training=True)
@@ -439,8 +439,8 @@ def run_runtime(row: Row, size: int, s: Settings, device: torch.device) -> Dict:
     """An exported file in onnxruntime (CPU) + the repository's Detect + postprocess, as eval.py
     runs a .onnx; the same deterministic weights and input as the eval rows. FLOPs are those of
     the PyTorch network the file was exported from."""
+    from deploy.runtime_model import load_exported
     from layers.output_utils import postprocess
-    from utils.runtime_model import load_exported
     net = build_net(row.config, size, torch.device('cpu'), train=False)
     path = exported_file(row, size, net)
     with contextlib.redirect_stdout(sys.stderr):
@@ -474,7 +474,7 @@ def _session_with_threads(path: str, threads: int):
     """An onnxruntime session of `path` with `threads` intra-op threads (bench.py --threads)."""
     import onnxruntime as ort
 
-    from utils.runtime_model import _session_options
+    from deploy.runtime_model import _session_options
     options = _session_options(ort)
     options.intra_op_num_threads = threads
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])

@@ -8,7 +8,7 @@ The set is made in memory, no images rendered: COCO val2017's shape (5,000 image
 polygons like instances_val2017.json, and detections as eval.py writes them (RLE masks, pixel
 boxes, scores): each object found with probability 0.8 by a slightly moved and resized polygon,
 10% of them under a wrong class, plus false positives up to --detections per image. Both backends
-score the same detections through utils.coco_results.run_cocoeval, which eval.py and train.py's
+score the same detections through evaluation.coco_results.run_cocoeval, which eval.py and train.py's
 validation call; the time includes everything that call does (loading the results, evaluate,
 accumulate, summarize; for faster-coco-eval also building its own COCO objects). Wall-clock and CPU
 time (of all threads) are printed: on a shared machine the CPU time varies less.
@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from utils.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend, run_cocoeval  # noqa: E402
+from evaluation.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend, run_cocoeval  # noqa: E402
 
 WIDTH, HEIGHT, CATEGORIES = 640, 480, 80
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')

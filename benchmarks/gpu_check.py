@@ -22,11 +22,11 @@ Sections:
             NetLoss / train_step; channels-last on and off, torch.compile for yolact_base AMP:
             losses finite and falling (mean of the first 5 steps against the last 5), img/s, peak
             GPU memory.
-  infer     yolact_base at 550, batch 1, through eval.py's benchmark path (utils.inference
+  infer     yolact_base at 550, batch 1, through eval.py's benchmark path (deploy.inference
             NetRunner and benchmark): fp32, fp16, fp16 + Yolact.compile_network; FPS end to end
             (network, Detect, full-size masks) and of the network alone.
   torchrun  `torchrun --nproc_per_node=1 ... train.py` for 3 iterations on a small synthetic set:
-            exit status 0 and the 'Train summary' line; the backend utils.distributed chooses for
+            exit status 0 and the 'Train summary' line; the backend training.distributed chooses for
             the device (nccl for cuda) must be the expected one and all_reduce in a one-rank group.
 
 The parity weights, input and targets come from benchmarks/parity_fill.py (the test suite's too;
@@ -66,9 +66,14 @@ from benchmarks.parity_fill import fill_state_dict, make_input, make_targets  # 
 from data.coco import COCODetection, detection_collate, prepare_batch  # noqa: E402
 from data.config import cfg, set_cfg  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from deploy.inference import NetRunner, benchmark  # noqa: E402
 from layers.functions.detection import Detect  # noqa: E402
 from layers.modules import MultiBoxLoss  # noqa: E402
 from layers.output_utils import postprocess  # noqa: E402
+from training.distributed import DistInfo  # noqa: E402
+from training.schedule import build_optimizer, configure  # noqa: E402
+from training.state import seed_everything  # noqa: E402
+from training.step import NetLoss, build_criterion, train_step  # noqa: E402
 from utils.device import (  # noqa: E402
     describe_cpu,
     distributed_backend,
@@ -77,11 +82,6 @@ from utils.device import (  # noqa: E402
     select_device,
     synchronize,
 )
-from utils.distributed import DistInfo  # noqa: E402
-from utils.inference import NetRunner, benchmark  # noqa: E402
-from utils.schedule import build_optimizer, configure  # noqa: E402
-from utils.train_loop import NetLoss, build_criterion, train_step  # noqa: E402
-from utils.train_state import seed_everything  # noqa: E402
 from yolact import Yolact  # noqa: E402
 
 PARITY_DATA = REPO / 'tests' / 'data' / 'parity'
@@ -534,7 +534,7 @@ TRAIN_VARIANTS = (TrainVariant('yolact_base', False, False), TrainVariant('yolac
 
 
 class TrainData:
-    """utils.schedule.configure for a model on the synthetic set, and the batches of the steps, prepared
+    """training.schedule.configure for a model on the synthetic set, and the batches of the steps, prepared
     once (COCODetection + SSDAugmentation, then on the device) so the timing is the step alone."""
 
     def __init__(self, root: Path, device: torch.device, sizes: Sizes):
@@ -787,7 +787,7 @@ def launch_train(device: torch.device, sizes: Sizes, root: Path, out: Path, time
 
 
 def process_group_check(device: torch.device) -> List[Check]:
-    """The backend utils.distributed joins with on this device, in a one-rank group: all_reduce."""
+    """The backend training.distributed joins with on this device, in a one-rank group: all_reduce."""
     backend = distributed_backend(device)
     expected = 'nccl' if device.type == 'cuda' else 'gloo'
     if backend != expected:
@@ -806,7 +806,7 @@ def process_group_check(device: torch.device) -> List[Check]:
 
 
 def section_torchrun(sec: Section, device: torch.device, sizes: Sizes, workdir: Path) -> None:
-    sec.notes.append('with one process train.py forms no process group (utils.distributed.init_distributed '
+    sec.notes.append('with one process train.py forms no process group (training.distributed.init_distributed '
                      'is a no-op at world size 1), so the backend is checked in a 1-rank group of its own')
     root = make_dataset(workdir / 'synthetic', sizes)
     sec.run('torchrun train.py (1 process)',

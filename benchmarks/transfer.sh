@@ -50,7 +50,7 @@ done
 echo
 $PY - "$OUT" <<'PY'
 import sys
-from utils.coco_results import parse_map_table
+from evaluation.coco_results import parse_map_table
 for run in ('scratch', 'finetune'):
     maps = parse_map_table(open(f'{sys.argv[1]}/{run}/eval.txt').read())
     print(f"{run:>8}: box mAP {maps['box']['all']:.2f}, mask mAP {maps['mask']['all']:.2f}")

@@ -48,7 +48,7 @@ YOLACT_SYNTHETIC_CONFIG=yolact_resnet18_synthetic_config
 # synthetic data a short run of real iterations (enough to get past train.py's fps warm-up).
 YOLACT_PERF_ITERS_COCO=2000
 YOLACT_PERF_ITERS_SYNTHETIC=20
-# Iterations are counted for this global batch (REFERENCE_BATCH of utils/schedule.py).
+# Iterations are counted for this global batch (REFERENCE_BATCH of training/schedule.py).
 YOLACT_REFERENCE_BATCH=8
 
 _yl_say() { echo "[${YOLACT_NETWORK}] $*"; }
@@ -363,7 +363,7 @@ _yl_train() {
 # eval.py on the final checkpoint of a full run (written since $1, the start time).
 _yl_evaluate() {
     local checkpoint
-    checkpoint="$("${YL_PYTHON}" -m utils.launch_summary checkpoint --save_folder="${YL_RUN_DIR}/weights" \
+    checkpoint="$("${YL_PYTHON}" -m training.launch_summary checkpoint --save_folder="${YL_RUN_DIR}/weights" \
                   --log_folder="${YL_RUN_DIR}/logs" --console="${YL_TRAIN_LOG}" --since="$1")" || return 1
     local eval_device="${YL_DEVICE}"
     [ "${YL_DEVICE}" != cpu ] && eval_device="${YL_DEVICE}:${YL_DEVICE_ID}"
@@ -418,7 +418,7 @@ yolact_launch() {
         _yl_evaluate "${start_time}" || return
         report_args+=(--metrics="${YL_EVAL_METRICS}")
     fi
-    "${YL_PYTHON}" -m utils.launch_summary report --case="${YL_CASE}" --rank_size="${YL_WORLD_SIZE}" \
+    "${YL_PYTHON}" -m training.launch_summary report --case="${YL_CASE}" --rank_size="${YL_WORLD_SIZE}" \
         --batch_size="${YL_BATCH}" --node_device="${YL_DEVICE}" --log_folder="${YL_RUN_DIR}/logs" \
         --console="${YL_TRAIN_LOG}" --since="${start_time}" --e2e_seconds="$(( $(date +%s) - start_time ))" \
         --out="${YL_OUT}/${YL_CASE}.log" "${report_args[@]}"

@@ -69,10 +69,10 @@ def gt_detections(coco, image_id: int, with_crowd: bool = False):
 
 def media_predictor(net: torch.nn.Module, opts=None, class_names: Optional[Sequence[str]] = None):
     """The predictor.Predictor eval.py's --image/--images/--video build for `net`, with the --top_k,
-    --score_threshold and --crop of `opts` (utils.inference.InferenceOptions; default: the flags'
+    --score_threshold and --crop of `opts` (deploy.inference.InferenceOptions; default: the flags'
     defaults) and the active config's class names unless given."""
+    from deploy.inference import InferenceOptions
     from predictor import Predictor
-    from utils.inference import InferenceOptions
     opts = opts if opts is not None else InferenceOptions()
     return Predictor.from_network(net, class_names, score_threshold=opts.draw.score_threshold,
                                   top_k=opts.draw.top_k, crop_masks=opts.crop_masks)

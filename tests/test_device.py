@@ -253,7 +253,7 @@ def test_train_amp_on_cpu_without_native_bf16_prints_one_line_and_runs_float32(m
 
 @pytest.mark.parametrize('kind', ['amx', 'avx512'])
 def test_net_runner_amp_follows_the_decision(monkeypatch, kind):
-    from utils.inference import NetRunner
+    from deploy.inference import NetRunner
     cpu = FakeCpu(monkeypatch, kind, 0.5)
     net = torch.nn.Conv2d(3, 3, 1)
     from data.config import cfg

@@ -35,7 +35,7 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------------------------
 
 def test_dist_info_from_torchrun_and_ascend_environments():
-    from utils.distributed import DistInfo, dist_info_from_env
+    from training.distributed import DistInfo, dist_info_from_env
     assert dist_info_from_env({}) == DistInfo(0, 1, 0)
     torchrun = {'WORLD_SIZE': '8', 'RANK': '5', 'LOCAL_RANK': '1'}
     assert dist_info_from_env(torchrun) == DistInfo(5, 8, 1)
@@ -70,7 +70,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str
     import torch.distributed as dist
 
     from data.config import set_cfg
-    from utils import distributed
+    from training import distributed
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     register_tiny_config(paths)
@@ -152,8 +152,8 @@ def test_two_process_training_only_rank0_writes(tiny, tmp_path):
 
 
 def _agree_on_resume_worker(rank: int, world: int, port: int, node_dirs: list, out_dir: str) -> None:
-    from utils import distributed
-    from utils.train_state import agree_on_resume
+    from training import distributed
+    from training.state import agree_on_resume
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     os.chdir(node_dirs[rank])  # each "node" has its own disk; --save_folder is the relative 'weights'
     info = distributed.DistInfo(rank, world, rank)

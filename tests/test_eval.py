@@ -1,4 +1,4 @@
-"""eval.py and utils/coco_results.py: COCO conversion, COCOeval numbers, dataset evaluation, CLI errors."""
+"""eval.py and evaluation/coco_results.py: COCO conversion, COCOeval numbers, dataset evaluation, CLI errors."""
 import json
 import math
 import os
@@ -13,6 +13,18 @@ from pycocotools.cocoeval import COCOeval
 import eval as eval_script
 from data.coco import COCODetection
 from data.config import ConfigError, cfg, set_cfg
+from deploy.result_files import encode_masks
+from evaluation import evaluator
+from evaluation.coco_results import (
+    CocoEvalBackendError,
+    CocoResults,
+    box_to_xywh,
+    category_ids,
+    check_coco_eval_backend,
+    evaluate_results,
+    format_map_table,
+    parse_map_table,
+)
 from tests.eval_helpers import (
     ScriptedNet,
     detection_from_masks,
@@ -21,19 +33,7 @@ from tests.eval_helpers import (
     save_tiny_checkpoint,
     tiny_config,
 )
-from utils import evaluation
 from utils.augmentations import BaseTransform
-from utils.coco_results import (
-    CocoEvalBackendError,
-    CocoResults,
-    box_to_xywh,
-    category_ids,
-    check_coco_eval_backend,
-    encode_masks,
-    evaluate_results,
-    format_map_table,
-    parse_map_table,
-)
 from yolact import Yolact
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.
@@ -344,7 +344,7 @@ def test_options_are_a_value_passed_down_not_a_module_global():
     assert eval_script.parse_args(['--max_images', '3']).max_images == 3
     assert not hasattr(eval_script, 'args')
     assert isinstance(eval_script.EvalArgs(), eval_script.EvalOptions)
-    assert eval_script.evaluate is evaluation.evaluate and eval_script.validation_map is evaluation.validation_map
+    assert eval_script.evaluate is evaluator.evaluate and eval_script.validation_map is evaluator.validation_map
 
 
 # ----------------------------------------------------------------------------- flags and setup

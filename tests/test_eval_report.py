@@ -1,4 +1,4 @@
-"""utils/eval_report.py and the per-class parts of utils/coco_results.py: the per-class table (its
+"""evaluation/report.py and the per-class parts of evaluation/coco_results.py: the per-class table (its
 mean is COCOeval's mAP), confusion counts on a hand-built case, metrics.json and the two plots."""
 import json
 
@@ -9,8 +9,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from test_eval import _perturbed_results, coco_gt  # noqa: F401 (coco_gt: a fixture)
 
-from utils.coco_results import STAT_NAMES, TaskScores, confusion_matrix, evaluate_results, gt_instances, run_cocoeval
-from utils.eval_report import (
+from evaluation.coco_results import (
+    STAT_NAMES,
+    TaskScores,
+    confusion_matrix,
+    evaluate_results,
+    gt_instances,
+    run_cocoeval,
+)
+from evaluation.report import (
     CONFUSION_FILE,
     METRICS_FILE,
     PR_CURVE_FILE,

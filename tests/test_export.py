@@ -1,4 +1,4 @@
-"""export.py and utils/onnx_postprocess.py: exported ONNX / TorchScript models against PyTorch.
+"""export.py and deploy/onnx_postprocess.py: exported ONNX / TorchScript models against PyTorch.
 
 Random weights put every class near 1/81, so nothing passes the confidence threshold: the tests
 scale the class layer (detections) and the last protonet conv (masks clearly on or off) first.
@@ -20,10 +20,10 @@ import torch.nn.functional as F
 import export
 from backbone import DCN
 from data.config import cfg, resnet18_backbone, set_cfg, yolact_base_config
+from deploy import onnx_postprocess as onnx_pp
 from layers.box_utils import crop
 from layers.functions.detection import Detect
 from layers.output_utils import postprocess as torch_postprocess
-from utils import onnx_postprocess as onnx_pp
 from utils.augmentations import FastBaseTransform
 from yolact import Yolact
 

@@ -1,17 +1,17 @@
 """The project's import floors, read from the source: every import runs down (or stays inside its
 own package), never up. From the top:
 
-    train.py              training entry point (it validates through utils/evaluation.py, as eval.py does)
-    eval.py, export.py    evaluation and export entry points (siblings: neither imports the other)
-    predictor.py          Predictor and Result, the Python API eval.py's pictures are made with
-    yolact.py             the network
-    utils/                inference, checkpoints, distributed helpers, augmentations, ...
-    layers/               box math, detection, loss
-    data/                 configs, datasets, sampling
-    backbone.py           the ground floor: only torch / torchvision
+    train.py, eval.py, export.py   the scripts: parse flags, call into the rooms (none imports another)
+    training/                      the training run: schedule, step, state, distributed, progress, ...
+    evaluation/, predictor.py      mAP on a dataset and its reports; the Python API for pictures
+    deploy/                        inference, drawing, result files, exported files and their runtime
+    yolact.py                      the network
+    utils/                         the shared core: config-free helpers, device, checkpoints, augmentations
+    layers/                        box math, detection, loss
+    data/                          configs, datasets, sampling
+    backbone.py                    the ground floor: only torch / torchvision
 
-The original's layout, kept so that a reader finds each idea where the paper's reader looks for it;
-an upward import would make a lower floor unusable without the one above it.
+An upward import would make a lower floor unusable without the one above it.
 """
 import ast
 from pathlib import Path
@@ -19,8 +19,8 @@ from typing import Dict, Iterator, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 # Floor of each project module (top-level file or package), lowest first.
-FLOORS: Dict[str, int] = {'backbone': 0, 'data': 1, 'layers': 2, 'utils': 3, 'yolact': 4, 'predictor': 5,
-                          'eval': 6, 'export': 6, 'train': 7}
+FLOORS: Dict[str, int] = {'backbone': 0, 'data': 1, 'layers': 2, 'utils': 3, 'yolact': 4, 'deploy': 5,
+                          'evaluation': 6, 'predictor': 6, 'training': 7, 'eval': 8, 'export': 8, 'train': 8}
 # Folders of tools that sit above every floor and are not imported by the project.
 TOOLS = {'tests', 'benchmarks', 'scripts'}
 

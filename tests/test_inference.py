@@ -1,4 +1,4 @@
-"""Drawing and media inference: utils/visualize.py, utils/inference.py and eval.py's --image,
+"""Drawing and media inference: deploy/visualize.py, deploy/inference.py and eval.py's --image,
 --images, --video and --benchmark."""
 import math
 import os
@@ -12,6 +12,8 @@ import torch
 
 import eval as eval_script
 from data.config import COLORS, cfg, set_cfg
+from deploy.inference import InferenceOptions, NetRunner, benchmark, evalimage, evalimages, evalvideo, render
+from deploy.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 from tests.eval_helpers import (
     ScriptedNet,
     detection_from_masks,
@@ -21,8 +23,6 @@ from tests.eval_helpers import (
     tiny_config,
 )
 from utils.checkpoint import write_classes
-from utils.inference import InferenceOptions, NetRunner, benchmark, evalimage, evalimages, evalvideo, render
-from utils.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
 ALPHA = DrawOptions().mask_alpha

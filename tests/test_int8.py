@@ -1,4 +1,4 @@
-"""export.py --int8 and eval.py on exported files (utils/runtime_model.py).
+"""export.py --int8 and eval.py on exported files (deploy/runtime_model.py).
 
 One tiny checkpoint (tests/eval_helpers.py's config at 64 px, random weights) is exported to
 float32 and int8 ONNX once for the module; eval.py then runs the .pth and both files on the
@@ -17,10 +17,10 @@ import torch
 import eval as eval_script
 import export
 from data.config import SYNTHETIC_CLASSES, cfg, set_cfg, synthetic_dataset
+from deploy.runtime_model import RuntimeYolact, open_exported, use_exported_config
+from evaluation.coco_results import parse_map_table
 from tests.eval_helpers import register, save_tiny_checkpoint, tiny_config
 from utils.checkpoint import write_classes
-from utils.coco_results import parse_map_table
-from utils.runtime_model import RuntimeYolact, open_exported, use_exported_config
 from yolact import Yolact
 
 CONFIG_NAME = 'yolact_int8tiny'

@@ -1,5 +1,5 @@
 """The test/*.sh launch scripts (run for real on CPU with a tiny synthetic dataset) and the
-summary helper they call (utils/launch_summary.py)."""
+summary helper they call (training/launch_summary.py)."""
 import importlib.util
 import json
 import math
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from data.synthetic import generate
-from utils import launch_summary as ls
+from training import launch_summary as ls
 from utils.logger import Log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def test_final_checkpoint_missing(tmp_path):
 
 
 def test_eval_accuracy_from_metrics_json(tmp_path):
-    from utils.eval_report import write_json
+    from evaluation.report import write_json
     folder = tmp_path / 'eval_0_metrics'
     folder.mkdir()
     write_json(str(folder / 'metrics.json'), {'box': {'AP': 31.23, 'AP50': 50.0}, 'mask': {'AP': 29.88}})

@@ -16,10 +16,10 @@ import eval as eval_script
 import export
 from data.config import SYNTHETIC_CLASSES, ConfigError, cfg, config_for, set_cfg
 from data.labelme2coco import convert
+from deploy.inference import InferenceError
 from predictor import Predictor, Result
 from tests.eval_helpers import register, save_tiny_checkpoint, tiny_config
 from utils.checkpoint import CheckpointError, write_classes
-from utils.inference import InferenceError
 from yolact import Yolact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

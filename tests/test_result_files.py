@@ -1,4 +1,4 @@
-"""utils/result_files.py and eval.py --save_json / --save_masks: JSON records, instance-id PNGs,
+"""deploy/result_files.py and eval.py --save_json / --save_masks: JSON records, instance-id PNGs,
 and that they hold exactly the detections that are drawn."""
 import json
 import os
@@ -10,17 +10,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+import deploy.inference as inference
+import deploy.result_files as result_files
 import eval as eval_script
-import utils.inference as inference
-import utils.result_files as result_files
 from data.config import cfg
 from data.labelme2coco import shape_mask
-from tests.eval_helpers import ScriptedNet, detection_from_masks, media_predictor
-
-# The tiny config (autouse) and its checkpoint, shared with the inference tests.
-from tests.test_inference import tiny, tiny_checkpoint  # noqa: F401
-from utils.inference import InferenceError, InferenceOptions, evalimage
-from utils.result_files import (
+from deploy.inference import InferenceError, InferenceOptions, evalimage
+from deploy.result_files import (
     detections_to_records,
     instance_image,
     result_document,
@@ -28,7 +24,11 @@ from utils.result_files import (
     write_instance_png,
     write_json,
 )
-from utils.visualize import DrawOptions
+from deploy.visualize import DrawOptions
+from tests.eval_helpers import ScriptedNet, detection_from_masks, media_predictor
+
+# The tiny config (autouse) and its checkpoint, shared with the inference tests.
+from tests.test_inference import tiny, tiny_checkpoint  # noqa: F401
 
 DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
 NAMES = ('circle', 'triangle', 'square')

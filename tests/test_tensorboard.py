@@ -1,4 +1,4 @@
-"""utils/tensorboard.py and train.py --tensorboard: the scalars and the prediction grid in event
+"""training/tensorboard.py and train.py --tensorboard: the scalars and the prediction grid in event
 files (read back with TensorBoard's EventAccumulator), an end-to-end run of the tiny config, and
 the one-line error when the tensorboard package is missing."""
 import random
@@ -13,7 +13,7 @@ pytest.importorskip('tensorboard', reason='optional: pip install -r requirements
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from utils.tensorboard import TensorBoardWriter, draw_predictions, tensorboard_folder  # noqa: E402
+from training.tensorboard import TensorBoardWriter, draw_predictions, tensorboard_folder  # noqa: E402
 
 
 def read_events(folder) -> EventAccumulator:

@@ -362,7 +362,7 @@ def test_keep_latest_keeps_only_the_newest_and_the_milestones(tiny, tmp_path):
 
 
 def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, capsys):
-    """--validation_epoch 1: mAP through utils.evaluation.evaluate after epoch 1 (the original skips epoch 0)
+    """--validation_epoch 1: mAP through evaluation.evaluator.evaluate after epoch 1 (the original skips epoch 0)
     and once more when training ends; both logged."""
     import train
     from utils.logger import read_entries
@@ -381,7 +381,7 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
 
 def test_coco_eval_flag_reaches_the_validation(monkeypatch):
     import train
-    from utils import evaluation
+    from evaluation import evaluator
     assert parse().coco_eval == 'pycocotools' and parse('--coco_eval', 'faster').coco_eval == 'faster'
     seen = {}
 
@@ -389,7 +389,7 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
         seen.update(overrides, train_mode=train_mode)
         return {'box': {'all': 1.0}}
 
-    monkeypatch.setattr(evaluation, 'evaluate', fake_evaluate)
+    monkeypatch.setattr(evaluator, 'evaluate', fake_evaluate)
     train.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
     assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True,
                     'results_dir': None, 'iteration': None}

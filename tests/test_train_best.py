@@ -9,8 +9,8 @@ import json
 import torch
 from test_train import tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 
+from training.state import BestRecord, resumed_best
 from utils.checkpoint import config_name_from_checkpoint, load_file, read_classes
-from utils.train_state import BestRecord, resumed_best
 
 
 def script_validations(monkeypatch, maps):

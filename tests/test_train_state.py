@@ -1,11 +1,10 @@
-"""utils/train_state.py: the training-state file beside each checkpoint (what it holds, how it is
+"""training/state.py: the training-state file beside each checkpoint (what it holds, how it is
 checked on load) and the checkpoint a run resumes from."""
 import pytest
 import torch
 
-from utils.checkpoint import CheckpointError, load_file, save_file
-from utils.distributed import DistInfo
-from utils.train_state import (
+from training.distributed import DistInfo
+from training.state import (
     agree_on_resume,
     load_training_state,
     make_training_state,
@@ -15,6 +14,7 @@ from utils.train_state import (
     state_path,
     write_checkpoint,
 )
+from utils.checkpoint import CheckpointError, load_file, save_file
 
 CPU = torch.device('cpu')
 

@@ -1,13 +1,13 @@
-"""utils/visualize.py: class names that are not ASCII are written in a font that has their glyphs,
+"""deploy/visualize.py: class names that are not ASCII are written in a font that has their glyphs,
 or replaced by the class index, never drawn as '???'."""
 import numpy as np
 import pytest
 import torch
 from matplotlib import font_manager
 
+import deploy.visualize as visualize
 import eval as eval_script
-import utils.visualize as visualize
-from utils.visualize import DrawOptions, covers, draw_detections, draw_label, draw_style, label_font
+from deploy.visualize import DrawOptions, covers, draw_detections, draw_label, draw_style, label_font
 
 # Ships with matplotlib, so every machine that runs the tests has it: Latin-1, Greek, Cyrillic.
 DEJAVU = font_manager.findfont('DejaVu Sans', fallback_to_default=True)

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.visualize import image_grid, main
+from deploy.visualize import image_grid, main
 
 
 def test_grid_places_each_tile():

@@ -1,8 +1,8 @@
 """Read back a training run for the test/*.sh launch scripts: the final checkpoint, and the
 Ascend-style summary (printed block and ``<CaseName>.log`` key = value file).
 
-    python -m utils.launch_summary checkpoint --log_folder L --save_folder S --console train_0.log
-    python -m utils.launch_summary report --case YOLACT_bs8_1p_acc --rank_size 1 --batch_size 8 \
+    python -m training.launch_summary checkpoint --log_folder L --save_folder S --console train_0.log
+    python -m training.launch_summary report --case YOLACT_bs8_1p_acc --rank_size 1 --batch_size 8 \
         --node_device cpu --log_folder L --console train_0.log --metrics eval_0_metrics \
         --e2e_seconds 123 --out test/output/0/YOLACT_bs8_1p_acc.log
 

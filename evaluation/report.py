@@ -11,7 +11,7 @@ plots (precision-recall curves and a confusion matrix), all written to one resul
                               with a background row (detections that match nothing) and column
                               (missed ground truth); see coco_results.confusion_matrix
 
-The numbers come from COCOeval (utils/coco_results.py); this module only arranges and draws them.
+The numbers come from COCOeval (evaluation/coco_results.py); this module only arranges and draws them.
 """
 import json
 import math
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from utils.coco_results import STAT_NAMES, TaskScores, class_ap
+from evaluation.coco_results import STAT_NAMES, TaskScores, class_ap
 from utils.functions import write_atomically
 
 METRICS_FILE = 'metrics.json'

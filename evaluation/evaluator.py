@@ -1,12 +1,12 @@
 """Dataset evaluation: COCO box and mask mAP of a network (or its FPS), shared by eval.py and
 train.py's validation.
 
-    from utils.evaluation import EvalOptions, evaluate
+    from evaluation.evaluator import EvalOptions, evaluate
     evaluate(net, dataset, opts=EvalOptions(max_images=100))
 
 eval.py re-exports `evaluate` and `validation_map`, so the original's
 `eval.evaluate(net, dataset, train_mode=True)` keeps working. The COCO conversion and COCOeval are
-in utils/coco_results.py, the network runner in utils/inference.py.
+in evaluation/coco_results.py, the network runner in deploy/inference.py.
 """
 import dataclasses
 import os
@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from data.coco import get_label_map
+from deploy.inference import NetRunner, benchmark, configure_detect
+from evaluation.coco_results import CocoResults, confusion_matrix, evaluate_results, format_map_table, gt_instances
+from evaluation.report import CONFUSION_IOU, CONFUSION_SCORE, class_rows, format_class_table, write_report
 from layers.output_utils import postprocess
-from utils.coco_results import CocoResults, confusion_matrix, evaluate_results, format_map_table, gt_instances
-from utils.eval_report import CONFUSION_IOU, CONFUSION_SCORE, class_rows, format_class_table, write_report
-from utils.inference import NetRunner, benchmark
 
 
 @dataclass
@@ -48,12 +48,6 @@ class EvalOptions:
     results_dir: Optional[str] = None  # metrics.json and plots go here (None: not written)
     checkpoint: Optional[str] = None  # what metrics.json names as the evaluated model
     iteration: Optional[int] = None  # the training iteration of a validation
-
-
-def configure_detect(net: torch.nn.Module, opts: EvalOptions) -> None:
-    detect = getattr(net, 'module', net).detect  # unwrap DataParallel / DDP
-    detect.use_fast_nms = opts.fast_nms
-    detect.use_cross_class_nms = opts.cross_class_nms
 
 
 def _id_hash(x: int) -> int:
@@ -118,7 +112,7 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
     """
     opts = _options(opts, overrides)
     verbose = (not train_mode) if verbose is None else verbose
-    configure_detect(net, opts)
+    configure_detect(net, opts.fast_nms, opts.cross_class_nms)
     was_training = net.training
     net.eval()
     try:

@@ -24,6 +24,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from deploy.result_files import encode_masks
+
 # IoU thresholds of the table, in percent: 50, 55, ..., 95.
 IOU_THRESHOLDS = tuple(range(50, 100, 5))
 # Our names for the two tasks -> COCOeval's iouType.
@@ -82,35 +84,6 @@ def box_to_xywh(box: Sequence[float]) -> List[float]:
     """(x1, y1, x2, y2) in pixels -> COCO (x, y, width, height), rounded to 0.1 px as COCO suggests."""
     x1, y1, x2, y2 = (float(v) for v in box)
     return [round(v, 1) for v in (x1, y1, x2 - x1, y2 - y1)]
-
-
-def _binary_column_major(masks: ArrayLike) -> np.ndarray:
-    """Masks [N, H, W] -> uint8 ndarray [H, W, N] in Fortran order, as pycocotools encodes them.
-
-    A tensor is thresholded, narrowed to uint8 and transposed on its own device before the copy to
-    the host (a quarter of the bytes of float masks; the transpose is free on a GPU).
-    """
-    if isinstance(masks, torch.Tensor):
-        binary = masks > 0.5 if masks.is_floating_point() else masks != 0
-        # [N, W, H] C-order is [H, W, N] Fortran-order: no copy on the host.
-        return binary.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
-    masks = np.asarray(masks)
-    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
-    return np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8))
-
-
-def encode_masks(masks: ArrayLike) -> List[dict]:
-    """Binary masks -> COCO RLEs with str counts (json-serialisable).
-
-    Args:
-        masks (ndarray or Tensor[N, H, W]): inside where above 0.5 (float) or nonzero (int, bool).
-    """
-    if masks.shape[0] == 0:
-        return []
-    rles = mask_utils.encode(_binary_column_major(masks))
-    for rle in rles:
-        rle['counts'] = rle['counts'].decode('ascii')
-    return rles
 
 
 def _scores_pair(scores) -> tuple:

@@ -10,7 +10,7 @@ Tags (the step is the iteration, counted like the JSON-lines log's ``iter``):
     val/box_mAP, val/mask_mAP, val/box_AP50, val/box_AP75, val/mask_AP50, val/mask_AP75,
     val/predictions (the network's detections on the first few validation images, one grid),
     val_class_box_AP/<class>, val_class_mask_AP/<class> (each class's AP; none for a class without
-    ground truth), val/pr_curve and val/confusion_matrix (the plots of utils/eval_report.py).
+    ground truth), val/pr_curve and val/confusion_matrix (the plots of evaluation/report.py).
 
 tensorboard is an optional dependency (requirements-tensorboard.txt): `check_tensorboard` tells a
 missing package apart before training starts; this module itself imports without it.
@@ -84,8 +84,8 @@ def draw_predictions(net: nn.Module, dataset, class_names: Sequence[str], count:
     Returns:
         ndarray[H, W, 3] uint8 RGB, or None when the dataset is empty.
     """
-    from utils.inference import InferenceOptions, NetRunner, render
-    from utils.visualize import image_grid
+    from deploy.inference import InferenceOptions, NetRunner, render
+    from deploy.visualize import image_grid
 
     count = min(count, len(dataset))
     if count <= 0:
@@ -177,7 +177,7 @@ class TensorBoardWriter:
 
     def plots(self, folder: str, iteration: int) -> None:
         """val/pr_curve and val/confusion_matrix: the PNGs a validation wrote to `folder`."""
-        from utils.eval_report import CONFUSION_FILE, PR_CURVE_FILE
+        from evaluation.report import CONFUSION_FILE, PR_CURVE_FILE
         for name, tag in ((PR_CURVE_FILE, 'val/pr_curve'), (CONFUSION_FILE, 'val/confusion_matrix')):
             picture = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
             if picture is not None:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from training.distributed import DistInfo, all_gather, broadcast_from_rank0
 from utils.checkpoint import CheckpointError, classes_path, load_file, save_file, write_classes
-from utils.distributed import DistInfo, all_gather, broadcast_from_rank0
 from utils.functions import SavePath
 
 STATE_FORMAT = 1

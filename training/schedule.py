@@ -11,7 +11,7 @@ from torch.autograd.graph import increment_version
 
 from data.coco import DatasetPaths, coco_dataset_paths, dataset_from_annotations, user_dataset_paths
 from data.config import ConfigError, cfg, set_cfg, set_dataset, use_dataset
-from utils.distributed import DistInfo
+from training.distributed import DistInfo
 
 # The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
 REFERENCE_BATCH = 8

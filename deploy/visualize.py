@@ -314,7 +314,7 @@ def image_grid(images: Sequence[np.ndarray], columns: int = 4, size: int = 256, 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m utils.visualize grid IN_DIR OUT.png [--columns 4] [--limit 16]`."""
+    """`python -m deploy.visualize grid IN_DIR OUT.png [--columns 4] [--limit 16]`."""
     import argparse
     import os
     parser = argparse.ArgumentParser(description='Tile the images of a folder into one picture.')

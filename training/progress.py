@@ -1,15 +1,15 @@
 """What training reports as it goes, on the console and in the JSON-lines log (and, with
---tensorboard, in TensorBoard event files: utils/tensorboard.py): the original's progress line
+--tensorboard, in TensorBoard event files: training/tensorboard.py): the original's progress line
 (moving averages of the loss terms, ETA, images per second, plus an average fps that leaves out the
 warm-up iterations), skipped steps, validation, interruption, the summary."""
 import datetime
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
-from utils.eval_report import ClassRow, format_class_table
+from evaluation.report import ClassRow, format_class_table
+from training.tensorboard import TensorBoardWriter
 from utils.functions import MovingAverage
 from utils.logger import Log
-from utils.tensorboard import TensorBoardWriter
 
 # Print order of the loss terms (the original's).
 LOSS_TYPES = ['B', 'C', 'M', 'P', 'D', 'E', 'S', 'I']
@@ -148,7 +148,7 @@ class Reporter:
 
     def summary(self, iteration: int, iterations: int, nonfinite_total: int, path: Optional[str],
                 best: Any = None) -> None:
-        """The closing lines the launch scripts read (utils/launch_summary.py) and the summary record;
+        """The closing lines the launch scripts read (training/launch_summary.py) and the summary record;
         `best` (train_state.BestRecord) names the best validation."""
         final_loss, fps = self.progress.final_loss(), self.progress.avg_fps()
         self._print(f'Training finished at iteration {iteration}; saved {path}.\n'

@@ -10,7 +10,7 @@ import torch.nn as nn
 from data.coco import Batch
 from data.config import Config
 from layers.modules import MultiBoxLoss
-from utils.distributed import all_ranks_agree
+from training.distributed import all_ranks_agree
 
 
 class NetLoss(nn.Module):

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from data.config import Config, activation_func, cfg, config_for, own_config
+from deploy.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from layers.functions.detection import Detect
-from utils.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 
 EXPORTED_SUFFIX = '.onnx'
 REQUIREMENTS_FILE = 'requirements-export.txt'

@@ -3,8 +3,8 @@
 `NetRunner` owns the device side (moving frames, the backbone transform, optional autocast);
 `shown_detections` turns its output into one image's detections. The public `predictor.Predictor`
 builds its `Result`s from these two, and the functions below (eval.py's --image, --images, --video)
-take such a Predictor and write what its Results draw (utils/visualize.py) and save
-(utils/result_files.py: --save_json, --save_masks, --save_labelme). `benchmark` times a NetRunner.
+take such a Predictor and write what its Results draw (deploy/visualize.py) and save
+(deploy/result_files.py: --save_json, --save_masks, --save_labelme). `benchmark` times a NetRunner.
 """
 import contextlib
 import os
@@ -22,18 +22,25 @@ from torch import nn
 from tqdm import tqdm
 
 from data.config import Config, own_config
+from deploy.result_files import LABELME_FOLDER, result_file_paths
+from deploy.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 from layers.output_utils import postprocess
 from utils.augmentations import FastBaseTransform
 from utils.device import ProbeShape, autocast_dtype, synchronize
 from utils.functions import MovingAverage
-from utils.result_files import LABELME_FOLDER, result_file_paths
-from utils.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 
 # Stand for predictor.Predictor and predictor.Result, which sit a floor above and build on this module.
 PredictorT = Any
 ResultT = Any
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def configure_detect(net: nn.Module, fast_nms: bool = True, cross_class_nms: bool = False) -> None:
+    """The NMS of the network's Detect: the paper's Fast NMS per class by default, as eval.py."""
+    detect = getattr(net, 'module', net).detect  # unwrap DataParallel / DDP
+    detect.use_fast_nms = fast_nms
+    detect.use_cross_class_nms = cross_class_nms
 
 
 class InferenceError(RuntimeError):
@@ -180,7 +187,7 @@ def render(frame: torch.Tensor, det_output: List[Dict], index: int, class_names:
 
 def save_result_files(picture_path: str, result: ResultT, opts: InferenceOptions) -> List[str]:
     """Write --save_json / --save_masks files of `result` beside `picture_path` (see
-    utils.result_files.result_file_paths). Returns the paths written."""
+    deploy.result_files.result_file_paths). Returns the paths written."""
     json_path, png_path = result_file_paths(picture_path)
     written = []
     if opts.save_json:
