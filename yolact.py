@@ -439,8 +439,8 @@ class Yolact(nn.Module):
 
     def compile_network(self, freeze: bool = True, **compile_kwargs) -> None:
         """torch.compile the network part of forward (backbone to heads; Detect stays eager, its
-        output size depends on the data). Opt-in: the first call compiles, about a minute on a
-        2-core CPU; later calls run the compiled code. state_dict keys are unchanged.
+        output size depends on the data). Opt-in: the first call compiles, which is slow on a small
+        CPU; later calls run the compiled code. state_dict keys are unchanged.
 
         freeze: let Inductor treat the weights as constants in inference (calls without grad):
             batch norm folded into the convolutions, weights pre-packed and, under autocast,

@@ -26,7 +26,6 @@ from contextlib import redirect_stdout
 from io import StringIO
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ import torch.utils.data as data
 from pycocotools import mask as mask_utils
 
 from .config import Config, dataset_base, own_config
+from .images import ImageReadError, read_image
 
 __all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
            'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
@@ -54,7 +54,7 @@ class DatasetFormatError(ValueError):
     """An annotation file is not a usable COCO instances file (or does not fit the config)."""
 
 
-class ImageLoadError(OSError):
+class ImageLoadError(ImageReadError):
     """An image listed in the annotation file is missing, unreadable or of the wrong size."""
 
 
@@ -309,13 +309,10 @@ class COCODetection(data.Dataset):
         return path
 
     def _read_image(self, img_id) -> np.ndarray:
-        path = self._image_file(img_id)
-        if not osp.isfile(path):
-            raise ImageLoadError(f"image file not found: {path}")
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise ImageLoadError(f"image file could not be decoded: {path}")
-        return img
+        try:
+            return read_image(self._image_file(img_id))
+        except ImageReadError as err:
+            raise ImageLoadError(str(err)) from None
 
     def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
         """ndarray[H, W] uint8 of one (cleaned) annotation."""

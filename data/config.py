@@ -2,11 +2,12 @@
 
 The names (``cfg``, ``set_cfg``, ``set_dataset``, ``yolact_base_config`` ...) and every field name
 are the original repository's, so user scripts and published checkpoints keep working.
-``cfg`` is one global object that ``set_cfg`` overwrites in place and returns; the scripts pass it
-down, and library modules (Yolact, the loss, the datasets, the transforms) take the config as an
-argument and keep a copy of their own (`own_config`), so a later ``set_cfg`` changes none of them.
-The original's calls without a config (``Yolact()``, ``FastBaseTransform()``, ...) copy the active
-``cfg`` there, and only there.
+A config is a value: ``config_for(name)`` gives a fresh one, the scripts (train.py, eval.py,
+export.py) hold theirs and pass it down, and the network, the loss, the datasets and the transforms
+each keep a copy of their own (``own_config``), so later changes to it reach none of them.
+The global ``cfg`` stays as the original's facade: ``set_cfg`` makes a config the active one, in
+place, and returns ``cfg``; ``own_config`` is the one place the rest of the code reads it from, for
+the original's calls without a config (``set_cfg(...); Yolact()``, ``FastBaseTransform()``, ...).
 
 Unlike the original, a config is never created by ``eval``: ``set_cfg``/``set_dataset`` look names
 up in a registry, and a config that sets an option this port does not know fails loudly.
@@ -688,8 +689,8 @@ def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None
 
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
 
-# The demo (run_demo.sh): trains from scratch on the synthetic shapes, on a few CPU cores, in about
-# a quarter of an hour, since a fresh machine has no pretrained weights. Every choice below spends
+# The demo (run_demo.sh): trains from scratch on the synthetic shapes, in a short run on a few CPU
+# cores, since a fresh machine has no pretrained weights. Every choice below spends
 # the few images such a run sees where they teach most: a small, half-width backbone, GroupNorm in
 # the heads, several anchors per object, a heavier class branch, AdamW and no augmentation that
 # shrinks the already small shapes. The measurements behind each are in README.md (Results).

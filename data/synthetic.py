@@ -73,8 +73,8 @@ JPEG_QUALITY = 95
 DEFAULT_SIZE = 160
 SPLIT_CODES = {'train': 0, 'val': 1}
 # Shapes tried per image (uniform); some are dropped when they would bury an earlier one. Version 2
-# tried 2-8 (3.5 annotated on average); 3-10 (6.5) gives a from-scratch model more objects to learn
-# from per image at the same cost per step: the demo's mAP after 12,800 images rose from 30 to 38.
+# tried 2-8; 3-10 gives a from-scratch model more objects to learn from per image at the same cost
+# per step, and the demo a higher mAP (README.md, Results).
 MIN_INSTANCES, MAX_INSTANCES = 3, 10
 CROWD_PROBABILITY = 0.1
 # A new shape may hide at most this fraction of what is still visible of an earlier one; beyond

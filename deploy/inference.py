@@ -22,6 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from data.config import Config, own_config
+from data.images import ImageReadError
+from data.images import read_image as read_image_file
 from deploy.result_files import LABELME_FOLDER, result_file_paths
 from deploy.visualize import DrawOptions, draw_detections, prototype_mosaic, select_for_display
 from layers.output_utils import postprocess
@@ -232,12 +234,10 @@ def default_output_path(input_path: str, suffix: str) -> str:
 
 def read_image(path: str) -> np.ndarray:
     """ndarray[H, W, 3] uint8 BGR, or InferenceError naming the file."""
-    if not os.path.isfile(path):
-        raise InferenceError(f"image not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise InferenceError(f"could not read an image from {path} (unsupported or corrupt file)")
-    return img
+    try:
+        return read_image_file(path)
+    except ImageReadError as err:
+        raise InferenceError(str(err)) from None
 
 
 def write_image(path: str, img: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from utils.augmentations import (
     RandomMirror,
     RandomRot90,
     RandomSampleCrop,
+    RandomSaturation,
     Resize,
     SSDAugmentation,
     enable_if,
@@ -337,6 +338,23 @@ def test_enable_if_disabled_draws_no_random_numbers():
     assert out == ('img', 'masks', 'boxes', 'labels')
     np.testing.assert_array_equal(np.random.get_state()[1], state)
     assert isinstance(enable_if(True, RandomMirror()), RandomMirror)
+
+
+@pytest.mark.parametrize('transform, scaled_pixel', [
+    (RandomSaturation, [10.0, 29.943695, 30.0]),  # only the S channel (index 1) of HSV
+    (RandomContrast, [14.971848, 29.943695, 44.915543]),  # the whole image
+])
+def test_saturation_and_contrast_keep_their_draws(transform, scaled_pixel):
+    # Seed 0 flips the coin to "leave it", seed 1 to "scale"; the numbers are the original's output.
+    for seed, expected, next_draw in ((0, [10.0, 20.0, 30.0], 559), (1, scaled_pixel, 72)):
+        image = np.full((1, 2, 3), [10.0, 20.0, 30.0], np.float32)
+        np.random.seed(seed)
+        out, *_ = transform(0.5, 1.5)(image)
+        assert out is image  # in place
+        np.testing.assert_allclose(out, [[expected, expected]], rtol=1e-6)
+        assert np.random.randint(1000) == next_draw  # the same numbers drawn, no more
+    with pytest.raises(ValueError, match=f'^{transform.__name__} expects 0 <= lower <= upper, got lower=2, upper=1$'):
+        transform(2, 1)
 
 
 def test_invalid_arguments_raise():

@@ -20,6 +20,7 @@ from data import (
     synthetic_dataset,
 )
 from data.coco import COCOAnnotationTransform
+from data.images import ImageReadError, read_image
 
 IDENTITY6 = {i: i for i in range(1, 7)}
 
@@ -104,6 +105,18 @@ def test_resampling_is_deterministic(synthetic_paths):
     assert picks(0) == picks(0)
     assert picks(0) != picks(1)
     assert set(picks(0)) == set(range(8))  # replacements cover the dataset
+
+
+def test_one_image_reader_for_datasets_and_inference(tmp_path):
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    cv2.imwrite(str(tmp_path / 'ok.png'), pixels)
+    np.testing.assert_array_equal(read_image(str(tmp_path / 'ok.png')), pixels)
+    with pytest.raises(ImageReadError, match=r'^image not found: .*missing\.png$'):
+        read_image(str(tmp_path / 'missing.png'))
+    (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
+    with pytest.raises(ImageReadError, match=r'^image could not be decoded .*broken\.jpg$'):
+        read_image(str(tmp_path / 'broken.jpg'))
+    assert issubclass(ImageLoadError, ImageReadError)  # the dataset's error is this reader's error
 
 
 def test_missing_or_corrupt_image_is_skipped_not_fatal(tmp_path, caplog):

@@ -256,7 +256,7 @@ def test_images_folder_with_files_that_are_not_images(tiny_checkpoint, synthetic
     assert rc == 0, err
     assert sorted(os.listdir(dst)) == sorted(p.stem + '.png' for p in good)
     assert f'Ignoring 1 file(s) without an image extension in {src}: notes.txt' in out
-    assert f'Skipping {src / "broken.jpg"}: could not read an image' in out
+    assert f'Skipping {src / "broken.jpg"}: image could not be decoded' in out
     assert f'Done: 2 image(s) written to {dst}; skipped 1 unreadable file(s).' in out
 
     for p in good:

@@ -1,6 +1,7 @@
 """README.md and its Chinese translation README.zh-CN.md stay in step: they link to each other,
 have the same sections and table rows, the same commands in their code blocks (comments may be
-translated) and the same inline code (flags, file names, messages, test names).
+translated) and the same inline code (flags, file names, messages, test names). Their file table
+(Contents) names every top-level module and package, and only paths that exist.
 
 When this fails after an edit of one README, the message lists what the other one lacks."""
 import re
@@ -101,3 +102,37 @@ def test_comment_stripping_keeps_commands():
     assert _without_comment('# a whole comment line') == ''
     assert _without_comment('git log --format=%h#x') == 'git log --format=%h#x'
     assert code_blocks('```bash\na  # one\n# two\nb\n```\n') == ['bash\na\nb']
+
+
+# The header row of the file table (section Contents) in each README.
+FILE_TABLE_HEADERS = ('| path | what |', '| 路径 | 内容 |')
+
+
+def file_table_paths(text: str) -> List[str]:
+    """The paths in the first column of the README's file table, e.g. 'training/', 'test/*.sh'."""
+    lines = prose(text).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() in FILE_TABLE_HEADERS)
+    paths = []
+    for line in lines[start + 2:]:  # past the header and the |---| row
+        if not line.startswith('|'):
+            break
+        paths += re.findall(r'`([^`]+)`', line.split('|')[1])
+    return paths
+
+
+def test_the_file_table_lists_every_top_level_module_and_only_real_paths(readmes):
+    packages = {p.parent.name for p in REPO.glob('*/__init__.py') if p.parent.name != 'tests'}
+    modules = {p.name for p in REPO.glob('*.py')}
+    assert {'training', 'deploy', 'utils'} <= packages and 'yolact.py' in modules  # the globs found the tree
+    for name, text in zip(('README.md', 'README.zh-CN.md'), readmes):
+        paths = file_table_paths(text)
+        missing = sorted(m for m in modules if m not in paths)
+        missing += sorted(p + '/' for p in packages if not any(path.startswith(p + '/') for path in paths))
+        assert not missing, f'{name}: the file table lacks {missing}'
+        unknown = [path for path in paths if not any(REPO.glob(path.rstrip('/')))]
+        assert not unknown, f'{name}: the file table lists paths that do not exist: {unknown}'
+
+
+def test_file_table_paths_reads_the_first_column_only():
+    text = '| path | what |\n|---|---|\n| `a.py`, `b/` | uses `c.py` |\n| `d/*.sh` | x |\n\n| `e.py` | y |\n'
+    assert file_table_paths(text) == ['a.py', 'b/', 'd/*.sh']

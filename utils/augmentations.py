@@ -197,19 +197,32 @@ class Resize:
 
 # ----------------------- photometric ----------------------- #
 
-class RandomSaturation:
-    """With probability 1/2, scale the S channel of an HSV float image by U(lower, upper)."""
+class RandomScale:
+    """With probability 1/2, multiply a float image (in place) by U(lower, upper): one channel of
+    it, or the whole image when `channel` is None. The original's two names for this follow."""
+
+    channel: Optional[int] = None
 
     def __init__(self, lower: float = 0.5, upper: float = 1.5):
         if not 0 <= lower <= upper:
-            raise ValueError(f"RandomSaturation expects 0 <= lower <= upper, got lower={lower}, upper={upper}")
+            raise ValueError(f"{type(self).__name__} expects 0 <= lower <= upper, got lower={lower}, upper={upper}")
         self.lower = lower
         self.upper = upper
 
     def __call__(self, image, masks=None, boxes=None, labels=None) -> Sample:
         if np.random.randint(2):
-            image[:, :, 1] *= np.random.uniform(self.lower, self.upper)
+            factor = np.random.uniform(self.lower, self.upper)
+            if self.channel is None:
+                image *= factor
+            else:
+                image[:, :, self.channel] *= factor
         return image, masks, boxes, labels
+
+
+class RandomSaturation(RandomScale):
+    """With probability 1/2, scale the S channel of an HSV float image by U(lower, upper)."""
+
+    channel = 1
 
 
 class RandomHue:
@@ -230,19 +243,8 @@ class RandomHue:
         return image, masks, boxes, labels
 
 
-class RandomContrast:
+class RandomContrast(RandomScale):
     """With probability 1/2, scale a float image by U(lower, upper) (in place)."""
-
-    def __init__(self, lower: float = 0.5, upper: float = 1.5):
-        if not 0 <= lower <= upper:
-            raise ValueError(f"RandomContrast expects 0 <= lower <= upper, got lower={lower}, upper={upper}")
-        self.lower = lower
-        self.upper = upper
-
-    def __call__(self, image, masks=None, boxes=None, labels=None) -> Sample:
-        if np.random.randint(2):
-            image *= np.random.uniform(self.lower, self.upper)
-        return image, masks, boxes, labels
 
 
 class RandomBrightness:

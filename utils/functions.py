@@ -1,4 +1,5 @@
-"""Small training helpers: a windowed moving average, checkpoint file names, a writable-folder check.
+"""Small helpers shared by training, evaluation and deployment: a windowed moving average
+(progress and timing), checkpoint file names, a writable-folder check and atomic file writes.
 
 `SavePath` names and parses checkpoints as the original did (`<config>_<epoch>_<iter>.pth`,
 `<config>_<epoch>_<iter>_interrupt.pth`), so `--resume latest` finds files written by either. The
