@@ -2,11 +2,13 @@
 
 The names (``cfg``, ``set_cfg``, ``set_dataset``, ``yolact_base_config`` ...) and every field name
 are the original repository's, so user scripts and published checkpoints keep working.
-``cfg`` is one global object that ``set_cfg`` overwrites in place and returns; the scripts pass it
-down, and library modules (Yolact, the loss, the datasets, the transforms) take the config as an
-argument and keep a copy of their own (`own_config`), so a later ``set_cfg`` changes none of them.
-The original's calls without a config (``Yolact()``, ``FastBaseTransform()``, ...) copy the active
-``cfg`` there, and only there.
+A config is a value: ``config_for``, ``dataset_for`` and ``with_dataset`` return ones of their own,
+the scripts hold theirs and pass it down, and library modules (Yolact, the loss, the datasets, the
+transforms) take the config as an argument and keep a copy of their own (`own_config`). The
+original's API is a facade over them: ``cfg`` is one global object that ``set_cfg`` overwrites in
+place and returns (``set_dataset``, ``use_dataset`` change its dataset), and the original's calls
+without a config (``Yolact()``, ``FastBaseTransform()``, ...) copy the active ``cfg`` there, and
+only there.
 
 Unlike the original, a config is never created by ``eval``: ``set_cfg``/``set_dataset`` look names
 up in a registry, and a config that sets an option this port does not know fails loudly.

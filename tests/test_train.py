@@ -371,9 +371,14 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
     and once more when training ends; both logged."""
     import train
     from utils.logger import read_entries
+    # The run holds its config as a value: a global cfg of another model (21 classes, 550 px) is
+    # neither read nor written.
+    set_cfg('yolact_resnet50_pascal_config')
+    before = dict(vars(cfg))
     rc = train.main(tiny_args(tmp_path, '--batch_size', '4', '--max_iter', '5', '--validation_epoch', '1',
                               '--validation_size', '2'))
     assert rc == 0
+    assert vars(cfg) == before
     out = capsys.readouterr().out
     assert out.count('Computing validation mAP') == 2
     entries = read_entries(str(tmp_path / 'logs' / 'tiny_train.log'), 'val')
