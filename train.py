@@ -19,14 +19,14 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.utils.data as torch_data
 
 from data.coco import COCODetection, check_dataset_files, detection_collate, prepare_batch
-from data.config import MEANS, STD, ConfigError, cfg
+from data.config import MEANS, STD, Config, ConfigError
 from data.sampler import ResumableSampler, resumable_loader
 from evaluation.coco_results import COCO_EVAL_BACKENDS, check_coco_eval_backend
 from evaluation.evaluator import validation_map
@@ -185,39 +185,44 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
 
 
-def build_datasets(seed: int, need_val: bool) -> Tuple[COCODetection, Optional[COCODetection]]:
-    """Training set with SSDAugmentation and (if validating) the validation set with BaseTransform."""
-    train_set = COCODetection(image_path=cfg.dataset.train_images, info_file=cfg.dataset.train_info,
-                              transform=SSDAugmentation(cfg, MEANS, STD), dataset_name=cfg.dataset.name,
-                              config=cfg, resample_seed=seed)
+def build_datasets(config: Config, seed: int, need_val: bool,
+                   annotations: Dict[str, dict]) -> Tuple[COCODetection, Optional[COCODetection]]:
+    """Training set with SSDAugmentation and (if validating) the validation set with BaseTransform.
+    `annotations`: files already parsed (configure's); each is handed to one dataset only, since
+    COCOeval writes into the ground truth it scores."""
+    dataset = config.dataset
+    train_set = COCODetection(image_path=dataset.train_images, info_file=dataset.train_info,
+                              transform=SSDAugmentation(config, MEANS, STD), dataset_name=dataset.name,
+                              config=config, resample_seed=seed, annotations=annotations.pop(dataset.train_info, None))
     val_set = None
     if need_val:
-        val_set = COCODetection(image_path=cfg.dataset.valid_images, info_file=cfg.dataset.valid_info,
-                                transform=BaseTransform(cfg, MEANS, STD), dataset_name=cfg.dataset.name,
-                                has_gt=cfg.dataset.has_gt, config=cfg)
+        val_set = COCODetection(image_path=dataset.valid_images, info_file=dataset.valid_info,
+                                transform=BaseTransform(config, MEANS, STD), dataset_name=dataset.name,
+                                has_gt=dataset.has_gt, config=config,
+                                annotations=annotations.pop(dataset.valid_info, None))
     return train_set, val_set
 
 
-def init_weights(net: Yolact, save_folder: str) -> Optional[str]:
-    """Pretrained backbone from <save_folder>/ or weights/ if present, else training from scratch.
-    Returns the backbone file used, or None."""
-    path = cfg.backbone.path  # None: no pretrained weights exist for this backbone
+def init_weights(net: Yolact, config: Config, save_folder: str) -> Optional[str]:
+    """Pretrained backbone (config.backbone.path) from <save_folder>/ or weights/ if present, else
+    training from scratch. Returns the backbone file used, or None."""
+    path = config.backbone.path  # None: no pretrained weights exist for this backbone
     found = [p for p in (os.path.join(f, path) for f in (save_folder, 'weights') if path) if os.path.isfile(p)]
     net.init_weights(backbone_path=found[0] if found else None)
     return found[0] if found else None
 
 
-def start_weights(net: Yolact, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+def start_weights(net: Yolact, config: Config, args: argparse.Namespace, say: Callable[[str], None]) -> None:
     """A new run's weights: --finetune's matching tensors, else a pretrained backbone, else from scratch."""
     if args.finetune is None:
-        backbone = init_weights(net, args.save_folder)
+        backbone = init_weights(net, config, args.save_folder)
         if backbone:
             say(f'Initialized the backbone from {backbone}.')
-        elif cfg.backbone.path:
-            say(f'No pretrained backbone ({cfg.backbone.path} not in {args.save_folder} or weights/): '
+        elif config.backbone.path:
+            say(f'No pretrained backbone ({config.backbone.path} not in {args.save_folder} or weights/): '
                 f'training from scratch.')
         else:
-            say(f'{cfg.backbone.name} has no pretrained weights: training from scratch.')
+            say(f'{config.backbone.name} has no pretrained weights: training from scratch.')
         return
     net.init_weights(backbone_path=None)
     loaded, fresh = net.load_finetune_weights(args.finetune)
@@ -228,13 +233,14 @@ def start_weights(net: Yolact, args: argparse.Namespace, say: Callable[[str], No
 class Trainer:
     """Holds one training run's pieces; `run()` trains from `iteration` to `sched.max_iter`."""
 
-    def __init__(self, args: argparse.Namespace, info: DistInfo, device: torch.device, sched: Schedule,
-                 seed: int, net: Yolact, model: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, args: argparse.Namespace, info: DistInfo, device: torch.device, config: Config,
+                 sched: Schedule, seed: int, net: Yolact, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: torch_data.DataLoader, sampler: ResumableSampler, val_set: Optional[COCODetection],
                  log: Optional[Log], scaler=None, amp_dtype: Optional[torch.dtype] = None,
                  iteration: int = 0, nonfinite_total: int = 0, tensorboard: Optional[TensorBoardWriter] = None,
                  best: Optional[BestRecord] = None):
-        self.args, self.info, self.device, self.sched, self.seed = args, info, device, sched, seed
+        self.args, self.info, self.device, self.seed = args, info, device, seed
+        self.config, self.sched = config, sched
         self.net, self.model, self.optimizer = net, model, optimizer
         self.loader, self.sampler, self.val_set = loader, sampler, val_set
         self.scaler, self.amp_dtype = scaler, amp_dtype
@@ -258,15 +264,16 @@ class Trainer:
         # Every rank takes part; only rank 0 keeps the list.
         rank_rngs = all_gather(rng_states(self.device)) if self.info.distributed else None
         if self.info.is_main:
-            path = SavePath.best_path(cfg.name, self.args.save_folder) if best else \
-                SavePath(cfg.name, epoch, f'{self.iteration}{"_interrupt" if interrupt else ""}'
+            name = self.config.name
+            path = SavePath.best_path(name, self.args.save_folder) if best else \
+                SavePath(name, epoch, f'{self.iteration}{"_interrupt" if interrupt else ""}'
                          ).get_path(root=self.args.save_folder)
             state = make_training_state(self.iteration, epoch, self.optimizer, self.lr, self.seed, self.sched,
-                                        self.device, self.scaler, self.nonfinite_total, config=cfg.name,
+                                        self.device, self.scaler, self.nonfinite_total, config=name,
                                         rank_rngs=rank_rngs, best=self.best.as_dict())
             try:
                 write_checkpoint(self.net, path, state, self.args.keep_latest, self.args.keep_latest_interval,
-                                 classes=(cfg.dataset.class_names, cfg.dataset.label_map))
+                                 classes=(self.config.dataset.class_names, self.config.dataset.label_map))
             except CheckpointWriteError as err:
                 error = err
         if not all_ranks_agree(error is None, self.device):
@@ -279,7 +286,7 @@ class Trainer:
         """Where validations write metrics.json and the plots (the latest validation's)."""
         if not (self.args.log or self.args.tensorboard):
             return None
-        return os.path.join(self.args.log_folder, f'{cfg.name}_val')
+        return os.path.join(self.args.log_folder, f'{self.config.name}_val')
 
     def validate(self, epoch: int) -> bool:
         """Validate, keep <config>_best.pth when the mAP improved; True when --patience says stop."""
@@ -292,8 +299,8 @@ class Trainer:
                                       self.args.coco_eval, results_dir=folder, iteration=self.iteration)
             self.report.validation(epoch, self.iteration, val_info, time.perf_counter() - start, folder)
             if self.report.tensorboard is not None:
-                self.report.tensorboard.predictions(self.net, self.val_set, self.iteration, cfg.dataset.class_names,
-                                                    self.amp_dtype)
+                self.report.tensorboard.predictions(self.net, self.val_set, self.iteration,
+                                                    self.config.dataset.class_names, self.amp_dtype)
             if val_info is not None:
                 improved = self.best.offer(self.iteration, epoch, val_info.get('box', {}).get('all'),
                                            val_info.get('mask', {}).get('all'))
@@ -331,7 +338,8 @@ class Trainer:
                 datum = next(batches)
                 self.lr = learning_rate(self.iteration, self.sched)
                 set_lr(self.optimizer, self.lr)
-                result = train_step(self.model, self.optimizer, prepare_batch(datum, self.device, cfg.preserve_aspect_ratio), self.scaler)
+                batch = prepare_batch(datum, self.device, self.config.preserve_aspect_ratio)
+                result = train_step(self.model, self.optimizer, batch, self.scaler)
                 synchronize(self.device)
                 now = time.perf_counter()
                 elapsed, last_time = now - last_time, now
@@ -406,27 +414,27 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         # Tiny gradients make Adam's second moments denormal, and x86 CPUs compute on denormals
         # 10-100x slower; flushing them to zero changes nothing that matters for training.
         torch.set_flush_denormal(True)
-    sched = configure(args, info)
+    config, sched, annotations = configure(args, info)
     need_val = args.validation_epoch > 0
-    check_dataset_files(cfg.dataset, need_val)
+    check_dataset_files(config.dataset, need_val)
     if info.is_main:
         check_writable_folder(args.save_folder, '--save_folder')
         if args.log or args.tensorboard:
             check_writable_folder(args.log_folder, '--log_folder')
 
     init_distributed(info, device)
-    resume_path = agree_on_resume(args.resume, args.save_folder, cfg.name, info)
+    resume_path = agree_on_resume(args.resume, args.save_folder, config.name, info)
     state = load_training_state(resume_path) if resume_path is not None else None
     # --seed, else the resumed run's, else a random one: rank 0's on every rank, or the shards would overlap.
     seed = args.seed if args.seed is not None else state['seed'] if state is not None else \
         broadcast_from_rank0(int.from_bytes(os.urandom(4), 'little'))
     seed_everything(seed)
 
-    train_set, val_set = build_datasets(seed, need_val)
+    train_set, val_set = build_datasets(config, seed, need_val, annotations)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
 
-    net = Yolact(cfg)
+    net = Yolact(config)
     restarts = restart_count()
     if resume_path is not None:
         if info.is_main:
@@ -434,8 +442,8 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         net.load_weights(resume_path)
     else:
         if info.is_main and args.resume == 'auto':
-            print(f'--resume auto: no complete {cfg.name} checkpoint in {args.save_folder}: a new run.')
-        start_weights(net, args, say=print if info.is_main else lambda _: None)
+            print(f'--resume auto: no complete {config.name} checkpoint in {args.save_folder}: a new run.')
+        start_weights(net, config, args, say=print if info.is_main else lambda _: None)
     net.train()
     net.to(device)
 
@@ -443,14 +451,14 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     say = print if info.is_main else None
     # Rank 0's choice everywhere: a CPU probe on each rank could disagree, and DDP needs one dtype.
     amp_dtype = broadcast_from_rank0(autocast_dtype(device, args.amp, args.amp_dtype, notify=say,
-                                                    shape=ProbeShape(args.batch_size, cfg.max_size, training=True)))
+                                                    shape=ProbeShape(args.batch_size, config.max_size, training=True)))
     if prefers_channels_last(device, amp_dtype is not None, training=True, notify=say):
         net.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same
     scaler = grad_scaler(device, amp_dtype)
 
     iteration, nonfinite_total = 0, 0
     # A resumed run keeps its best validation; a new run or fine-tune starts a record of its own.
-    best = resumed_best(state, SavePath.best_path(cfg.name, args.save_folder)) if resume_path is not None \
+    best = resumed_best(state, SavePath.best_path(config.name, args.save_folder)) if resume_path is not None \
         else BestRecord()
     if resume_path is not None:
         iteration, nonfinite_total = restore_training_state(resume_path, state, sched_optimizer, scaler, device,
@@ -459,7 +467,7 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
     if args.start_iter != -1:
         iteration = args.start_iter
 
-    model = wrap_ddp(NetLoss(net, build_criterion(cfg), amp_dtype), device, info)
+    model = wrap_ddp(NetLoss(net, build_criterion(config), amp_dtype), device, info)
     loader, sampler = resumable_loader(train_set, args.batch_size, args.num_workers, seed, info.world_size, info.rank,
                                        detection_collate, pin_memory=device.type == 'cuda')
 
@@ -469,10 +477,10 @@ def setup(args: argparse.Namespace, info: Optional[DistInfo] = None) -> Trainer:
         session.update(seed=seed, world_size=info.world_size, device=str(device), lr=sched.lr,
                        max_iter=sched.max_iter, lr_steps=sched.lr_steps, start_iter=iteration,
                        resumed_from=resume_path, restart=restarts)
-        log = Log(cfg.name, args.log_folder, session, overwrite=False)
-    tensorboard = TensorBoardWriter(tensorboard_folder(args.log_folder, cfg.name), purge_step=iteration) \
+        log = Log(config.name, args.log_folder, session, overwrite=False)
+    tensorboard = TensorBoardWriter(tensorboard_folder(args.log_folder, config.name), purge_step=iteration) \
         if args.tensorboard and info.is_main else None
-    return Trainer(args, info, device, sched, seed, net, model, sched_optimizer, loader, sampler, val_set,
+    return Trainer(args, info, device, config, sched, seed, net, model, sched_optimizer, loader, sampler, val_set,
                    log, scaler=scaler, amp_dtype=amp_dtype, iteration=iteration, nonfinite_total=nonfinite_total,
                    tensorboard=tensorboard, best=best)
 
@@ -487,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         trainer = setup(args)
         if trainer.info.is_main:
-            print(f'Begin training! {cfg.name}: iterations {trainer.iteration} -> {trainer.sched.max_iter}, '
+            print(f'Begin training! {trainer.config.name}: iterations {trainer.iteration} -> {trainer.sched.max_iter}, '
                   f'{trainer.info.world_size} process(es) x batch {args.batch_size}, device {trainer.device}, '
                   f'seed {trainer.seed}\n', flush=True)
         return trainer.run()

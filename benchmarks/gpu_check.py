@@ -551,11 +551,12 @@ class TrainData:
         argv = ['--config', f'{model}_config', '--data', str(self.root), '--batch_size', str(s.train_batch),
                 '--validation_epoch', '-1', '--no_autoscale', '--num_workers', '0', '--seed', '0']
         with contextlib.redirect_stdout(io.StringIO()):
-            self.sched = configure(train.build_parser().parse_args(argv), DistInfo())
+            config, self.sched, annotations = configure(train.build_parser().parse_args(argv), DistInfo())
+        cfg.replace(config)
         if s.tiny:
             shrink_config(dcn=model == 'yolact_plus_base', size=s.image_size)
         seed_everything(0)
-        train_set, _ = train.build_datasets(seed=0, need_val=False)
+        train_set, _ = train.build_datasets(cfg, seed=0, need_val=False, annotations=annotations)
         self.batches = []
         for i in range(s.train_batches):
             samples = [train_set[(i * s.train_batch + j) % len(train_set)] for j in range(s.train_batch)]

@@ -18,7 +18,6 @@ stream, so a long training run never dies on one bad file.
 """
 import json
 import logging
-import os
 import os.path as osp
 import random
 from collections import Counter
@@ -37,7 +36,7 @@ from .images import ImageReadError, read_image
 
 __all__ = ['DatasetFileNotFoundError', 'DatasetFormatError', 'ImageLoadError', 'get_label_map',
            'COCOAnnotationTransform', 'COCODetection', 'enforce_size', 'detection_collate',
-           'DatasetPaths', 'coco_dataset_paths', 'read_categories', 'dataset_from_annotations',
+           'DatasetPaths', 'coco_dataset_paths', 'read_annotations', 'read_categories', 'dataset_from_annotations',
            'user_dataset_paths']
 
 logger = logging.getLogger(__name__)
@@ -92,33 +91,16 @@ class COCOAnnotationTransform:
         return rows
 
 
-# Files parsed by read_categories, kept for the one dataset built from each next (path, size and
-# modification time -> content): a run reads the categories of its train and val files before it
-# builds their datasets, and COCO's train json takes many seconds to parse.
-_PARSED_FOR_DATASET: Dict[Tuple[str, int, int], dict] = {}
-
-
-def _load_json(info_file: str, keep_for_dataset: bool = False) -> dict:
-    """The parsed annotation file. A content kept by an earlier `keep_for_dataset` call is handed
-    out once (never shared: COCOeval writes into the ground truth it scores)."""
+def _load_json(info_file: str) -> dict:
     if not osp.isfile(info_file):
         raise DatasetFileNotFoundError(f"annotation file not found: {info_file}")
-    stat = os.stat(info_file)
-    key = (osp.realpath(info_file), stat.st_size, stat.st_mtime_ns)
-    content = _PARSED_FOR_DATASET.pop(key, None)
-    if content is None:
-        try:
-            with open(info_file, 'rb') as f:
-                content = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{info_file}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
-        except UnicodeDecodeError:
-            raise DatasetFormatError(f"{info_file}: not valid JSON (not UTF-8 text)") from None
-    if keep_for_dataset:
-        _PARSED_FOR_DATASET[key] = content
-        while len(_PARSED_FOR_DATASET) > 2:  # train and val
-            del _PARSED_FOR_DATASET[next(iter(_PARSED_FOR_DATASET))]
-    return content
+    try:
+        with open(info_file, 'rb') as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{info_file}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise DatasetFormatError(f"{info_file}: not valid JSON (not UTF-8 text)") from None
 
 
 def _check_layout(content: Any, info_file: str, has_gt: bool) -> None:
@@ -176,17 +158,19 @@ class COCODetection(data.Dataset):
             ``get_label_map(config.dataset)`` and ``config.num_classes`` (read once here).
         label_map, num_classes: given, they override the config's (then config may be None).
         resample_seed: seeds the choice of replacement for an unusable sample.
+        annotations: `info_file` already parsed (``read_annotations``), which this dataset then
+            owns: hand it to no other (COCOeval writes into the ground truth it scores).
     """
 
     def __init__(self, image_path: str, info_file: str, transform=None, target_transform=None,
                  dataset_name: str = 'MS COCO', has_gt: bool = True, *, config: Optional[Config] = None,
                  label_map: Optional[Dict[int, int]] = None, num_classes: Optional[int] = None,
-                 resample_seed: int = 0):
+                 resample_seed: int = 0, annotations: Optional[dict] = None):
         from pycocotools.coco import COCO  # local: several things here are called COCO
 
         if not osp.isdir(image_path):
             raise DatasetFileNotFoundError(f"image folder not found: {image_path}")
-        content = _load_json(info_file)
+        content = _load_json(info_file) if annotations is None else annotations
         _check_layout(content, info_file, has_gt)
 
         self.root = image_path
@@ -544,6 +528,10 @@ def _split_fields(split: str) -> Tuple[str, str]:
     return ('train_images', 'train_info') if split == 'train' else ('valid_images', 'valid_info')
 
 
+def _info_files(paths: DatasetPaths, splits: Sequence[str]) -> List[str]:
+    return [getattr(paths, _split_fields(split)[1]) for split in splits]
+
+
 def check_dataset_files(dataset: Any, need_val: bool) -> None:
     """Fail before training when an image folder or annotation file of `dataset` (a cfg.dataset)
     is missing; the validation ones only when `need_val`."""
@@ -563,13 +551,22 @@ def check_dataset_files(dataset: Any, need_val: bool) -> None:
 Category = Tuple[int, str]
 
 
-def read_categories(info_file: str) -> List[Category]:
-    """The ``categories`` of a COCO annotation file as (id, name) pairs, sorted by id.
+def read_annotations(paths: DatasetPaths, splits: Sequence[str] = ('train', 'val')) -> Dict[str, dict]:
+    """The annotation files of `splits` parsed (info file -> content): for dataset_from_annotations
+    to read the classes from, then for the datasets (``COCODetection(annotations=...)``), so each
+    file is parsed once (COCO's train json takes many seconds)."""
+    return {info_file: _load_json(info_file) for info_file in _info_files(paths, splits)}
+
+
+def read_categories(info_file: str, content: Optional[dict] = None) -> List[Category]:
+    """The ``categories`` of a COCO annotation file (or of its `content`, already parsed) as
+    (id, name) pairs, sorted by id.
 
     Any ids are accepted (COCO's skip numbers); ids must be unique integers. Raises
     DatasetFileNotFoundError / DatasetFormatError with one line naming the file.
     """
-    content = _load_json(info_file, keep_for_dataset=True)
+    if content is None:
+        content = _load_json(info_file)
     cats = content.get('categories') if isinstance(content, dict) else None
     if not isinstance(cats, list) or not cats:
         raise DatasetFormatError(f"{info_file}: no 'categories' list, so the class names are unknown "
@@ -588,18 +585,20 @@ def read_categories(info_file: str) -> List[Category]:
 
 
 def dataset_from_annotations(paths: DatasetPaths, splits: Sequence[str] = ('train', 'val'),
-                             name: Optional[str] = None) -> Config:
+                             name: Optional[str] = None, annotations: Optional[Dict[str, dict]] = None) -> Config:
     """A dataset config (the fields of ``cfg.dataset``) whose class names and label map come from
     the annotation files' ``categories``: names in category-id order, ids mapped to 1..N.
 
     Only the `splits` asked for are read ('train', 'val'). When both are, their categories must
     agree (same ids, same names), else DatasetFormatError naming both files: a model trained on
-    one numbering would be scored against another.
+    one numbering would be scored against another. A file in `annotations` (what
+    ``read_annotations`` returns) is not parsed again.
     """
-    files = [paths.train_info if split == 'train' else paths.valid_info for split in splits]
-    categories = read_categories(files[0])
+    annotations = annotations or {}
+    files = _info_files(paths, splits)
+    categories = read_categories(files[0], annotations.get(files[0]))
     for other in files[1:]:
-        other_categories = read_categories(other)
+        other_categories = read_categories(other, annotations.get(other))
         if other_categories != categories:
             only_first = sorted(set(categories) - set(other_categories))
             only_other = sorted(set(other_categories) - set(categories))

@@ -2,12 +2,13 @@
 
 The names (``cfg``, ``set_cfg``, ``set_dataset``, ``yolact_base_config`` ...) and every field name
 are the original repository's, so user scripts and published checkpoints keep working.
-A config is a value: ``config_for(name)`` gives a fresh one, the scripts (train.py, eval.py,
-export.py) hold theirs and pass it down, and the network, the loss, the datasets and the transforms
-each keep a copy of their own (``own_config``), so later changes to it reach none of them.
-The global ``cfg`` stays as the original's facade: ``set_cfg`` makes a config the active one, in
-place, and returns ``cfg``; ``own_config`` is the one place the rest of the code reads it from, for
-the original's calls without a config (``set_cfg(...); Yolact()``, ``FastBaseTransform()``, ...).
+A config is a value: ``config_for``, ``dataset_for`` and ``with_dataset`` return ones of their own,
+the scripts hold theirs and pass it down, and library modules (Yolact, the loss, the datasets, the
+transforms) take the config as an argument and keep a copy of their own (`own_config`). The
+original's API is a facade over them: ``cfg`` is one global object that ``set_cfg`` overwrites in
+place and returns (``set_dataset``, ``use_dataset`` change its dataset), and the original's calls
+without a config (``Yolact()``, ``FastBaseTransform()``, ...) copy the active ``cfg`` there, and
+only there.
 
 Unlike the original, a config is never created by ``eval``: ``set_cfg``/``set_dataset`` look names
 up in a registry, and a config that sets an option this port does not know fails loudly.
@@ -659,9 +660,14 @@ def set_cfg(config_name: str) -> Config:
     return cfg
 
 
+def dataset_for(dataset_name: str) -> Config:
+    """A fresh dataset config of its own for `dataset_name` (e.g. 'coco2017_dataset' or 'coco2017')."""
+    return copy.deepcopy(_lookup(dataset_name, '_dataset'))
+
+
 def set_dataset(dataset_name: str) -> None:
     """Make `dataset_name` (e.g. 'coco2017_dataset') the dataset of the active config."""
-    cfg.dataset = _lookup(dataset_name, '_dataset')
+    cfg.dataset = dataset_for(dataset_name)
 
 
 def describe_classes(names, limit: int = 8) -> str:
@@ -671,20 +677,25 @@ def describe_classes(names, limit: int = 8) -> str:
     return f"{len(names)} class{'es' if len(names) != 1 else ''} ({shown})"
 
 
-def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
-    """Make `dataset` (a dataset Config whose classes were read from a file, e.g. by
-    data.coco.dataset_from_annotations) the active config's dataset. The class-dependent layers
-    follow: num_classes = classes + 1 (background). `say` gets one line of what was derived."""
-    before = cfg.num_classes
-    cfg.dataset = dataset
-    cfg.num_classes = len(dataset.class_names) + 1
+def with_dataset(config: Config, dataset: Config, source: str,
+                 say: Optional[Callable[[str], None]] = None) -> Config:
+    """A copy of `config` whose dataset is `dataset` (a dataset Config whose classes were read from
+    a file, e.g. by data.coco.dataset_from_annotations). The class-dependent layers follow:
+    num_classes = classes + 1 (background). `say` gets one line of what was derived."""
+    own = config.copy({'dataset': dataset, 'num_classes': len(dataset.class_names) + 1})
     if say is not None:
-        ids = sorted(dataset.label_map) if dataset.label_map else list(range(1, cfg.num_classes))
+        ids = sorted(dataset.label_map) if dataset.label_map else list(range(1, own.num_classes))
         id_text = (f'category ids {ids[0]}..{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1))
                    else f'category ids {", ".join(map(str, ids[:8]))}{", ..." if len(ids) > 8 else ""}')
-        change = '' if before == cfg.num_classes else f' (the config had {before})'
+        change = '' if config.num_classes == own.num_classes else f' (the config had {config.num_classes})'
         say(f'Classes from {source}: {describe_classes(dataset.class_names)}, {id_text} -> labels '
-            f'1..{cfg.num_classes - 1}; num_classes {cfg.num_classes}{change}.')
+            f'1..{own.num_classes - 1}; num_classes {own.num_classes}{change}.')
+    return own
+
+
+def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
+    """`with_dataset` on the active config, in place."""
+    cfg.replace(with_dataset(cfg, dataset, source, say))
 
 
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #

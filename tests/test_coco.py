@@ -20,6 +20,7 @@ from data import (
     synthetic_dataset,
 )
 from data.coco import COCOAnnotationTransform
+from data.config import SYNTHETIC_CLASSES
 from data.images import ImageReadError, read_image
 
 IDENTITY6 = {i: i for i in range(1, 7)}
@@ -357,17 +358,17 @@ def test_image_with_only_crowd_annotations_is_a_background_sample(tmp_path):
     assert ds.skipped['no_ground_truth'] == 0
 
 
-def test_categories_read_before_the_dataset_are_parsed_once_and_never_shared(synthetic_paths, monkeypatch):
+def test_annotations_read_for_the_classes_are_parsed_once_and_never_shared(synthetic_paths, monkeypatch):
     import data.coco as coco_module
-    from data.config import synthetic_dataset
     parsed = []
     real_load = coco_module.json.load
     monkeypatch.setattr(coco_module.json, 'load', lambda f: parsed.append(f.name) or real_load(f))
-    coco_module.read_categories(synthetic_paths.valid_info)
-    config = synthetic_dataset.copy({'valid_info': synthetic_paths.valid_info})
-    first = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info,
-                          label_map=get_label_map(config), num_classes=7)
-    assert len(parsed) == 1  # the dataset took the content read_categories parsed
-    second = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info,
-                           label_map=get_label_map(config), num_classes=7)
+    annotations = coco_module.read_annotations(synthetic_paths, splits=('val',))
+    dataset = coco_module.dataset_from_annotations(synthetic_paths, splits=('val',), annotations=annotations)
+    first = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info, label_map=dataset.label_map,
+                          num_classes=7, annotations=annotations.pop(synthetic_paths.valid_info))
+    assert parsed == [synthetic_paths.valid_info]  # the classes and the dataset from one parse
+    assert dataset.class_names == SYNTHETIC_CLASSES and len(first) > 0
+    second = COCODetection(synthetic_paths.valid_images, synthetic_paths.valid_info, label_map=dataset.label_map,
+                           num_classes=7)
     assert len(parsed) == 2 and first.coco.dataset is not second.coco.dataset

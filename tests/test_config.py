@@ -5,9 +5,15 @@ from data.config import (
     COCO_LABEL_MAP,
     ConfigError,
     cfg,
+    coco2014_dataset,
+    config_for,
     config_names,
+    dataset_base,
+    dataset_for,
     set_cfg,
     set_dataset,
+    use_dataset,
+    with_dataset,
     yolact_base_config,
 )
 
@@ -60,6 +66,23 @@ def test_unknown_dataset_lists_valid_names():
     assert 'coco2017_dataset' in str(err.value)
     set_dataset('coco2014_dataset')
     assert cfg.dataset.name == 'COCO 2014'
+
+
+def test_dataset_values_change_neither_the_registry_nor_the_global_cfg():
+    dataset = dataset_for('coco2014')
+    assert dataset.name == 'COCO 2014' and dataset is not coco2014_dataset
+    dataset.name = 'changed'
+    assert coco2014_dataset.name == 'COCO 2014'
+    config = config_for('yolact_base')
+    own = dataset_base.copy({'name': 'own', 'class_names': ('a', 'b'), 'label_map': {5: 1, 9: 2}})
+    said = []
+    swapped = with_dataset(config, own, source='own.json', say=said.append)
+    assert swapped.dataset is own and swapped.num_classes == 3
+    assert config.num_classes == 81 and config.dataset.name == 'COCO 2017' and cfg.num_classes == 81
+    assert said == ["Classes from own.json: 2 classes (a, b), category ids 5, 9 -> labels 1..2; "
+                    "num_classes 3 (the config had 81)."]
+    use_dataset(own, source='own.json')  # the original's facade: the same, on the global cfg
+    assert cfg.dataset is own and cfg.num_classes == 3
 
 
 def test_unknown_option_fails_on_copy():

@@ -126,7 +126,7 @@ def test_boolean_flags_really_turn_off():
 def test_learning_rate_warmup_then_steps():
     import train
     s = train.Schedule(lr=1e-3, momentum=0.9, decay=5e-4, gamma=0.1, max_iter=100, lr_steps=[50, 80],
-                       warmup_init=1e-4, warmup_until=10)
+                       warmup_init=1e-4, warmup_until=10, optimizer='sgd')
     assert train.learning_rate(0, s) == pytest.approx(1e-4)
     assert train.learning_rate(5, s) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway up the ramp
     assert train.learning_rate(10, s) == pytest.approx(1e-3)
@@ -140,23 +140,23 @@ def test_learning_rate_warmup_then_steps():
 def test_autoscale_follows_global_batch_and_freezes_bn(tiny):
     import train
     # Per-process batch 2 on one process: factor 2/8 on lr, max_iter and lr_steps; BN frozen (< 6).
-    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--max_iter', '10'),
-                            train.DistInfo())
+    config, sched, _ = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--max_iter', '10'),
+                                       train.DistInfo())
     assert sched.scale == pytest.approx(0.25)
-    assert sched.lr == pytest.approx(1e-3 * 0.25)
-    assert sched.max_iter == 40 and sched.lr_steps == [4000]
-    assert cfg.freeze_bn is True
+    assert sched.lr == pytest.approx(1e-3 * 0.25) == pytest.approx(config.lr)
+    assert sched.max_iter == 40 and sched.lr_steps == [4000] and config.max_iter == 40
+    assert config.freeze_bn is True and sched.optimizer == config.optimizer == 'sgd'
     # 2 processes x batch 4 = the reference batch 8: nothing scaled; per-process 4 < 6: frozen.
-    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '4'), train.DistInfo(0, 2, 0))
+    config, sched, _ = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '4'), train.DistInfo(0, 2, 0))
     assert (sched.scale, sched.lr, sched.max_iter) == (1.0, pytest.approx(1e-3), 4)
-    assert cfg.freeze_bn is True
+    assert config.freeze_bn is True
     # 2 processes x batch 8: factor 2; per-process batch 8 keeps BN training.
-    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '8'), train.DistInfo(1, 2, 1))
+    config, sched, _ = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '8'), train.DistInfo(1, 2, 1))
     assert (sched.lr, sched.max_iter, sched.lr_steps) == (pytest.approx(2e-3), 2, [500])
-    assert cfg.freeze_bn is False
+    assert config.freeze_bn is False
     # --no_autoscale and an explicit --lr are taken as given.
-    sched = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--no_autoscale',
-                                  '--lr', '0.02', '--momentum', '0.5'), train.DistInfo())
+    _, sched, _ = train.configure(parse('--config', TINY_CONFIG, '--batch_size', '2', '--no_autoscale',
+                                        '--lr', '0.02', '--momentum', '0.5'), train.DistInfo())
     assert (sched.lr, sched.momentum, sched.max_iter) == (0.02, 0.5, 4)
 
 
@@ -168,12 +168,17 @@ def test_data_flag_points_the_dataset_at_a_coco_root(tiny, tmp_path):
     categories = [{'id': 7, 'name': 'cat'}, {'id': 3, 'name': 'dog'}]
     for split in ('train', 'val'):
         (root / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps({'categories': categories}))
-    train.configure(parse('--config', TINY_CONFIG, '--data', str(root)), train.DistInfo())
-    assert cfg.dataset.train_images == str(root / 'train2017')
-    assert cfg.dataset.valid_info == str(root / 'annotations' / 'instances_val2017.json')
+    before = (cfg.name, cfg.dataset, cfg.num_classes)
+    config, _, annotations = train.configure(parse('--config', TINY_CONFIG, '--data', str(root)), train.DistInfo())
+    assert config.dataset.train_images == str(root / 'train2017')
+    assert config.dataset.valid_info == str(root / 'annotations' / 'instances_val2017.json')
     # The classes are the annotations' (in id order), and the class layers follow.
-    assert cfg.dataset.class_names == ('dog', 'cat') and cfg.dataset.label_map == {3: 1, 7: 2}
-    assert cfg.num_classes == 3
+    assert config.dataset.class_names == ('dog', 'cat') and config.dataset.label_map == {3: 1, 7: 2}
+    assert config.num_classes == 3
+    # The files read for the classes come back parsed, for the datasets; the global cfg is untouched.
+    assert sorted(annotations) == sorted([config.dataset.train_info, config.dataset.valid_info])
+    assert annotations[config.dataset.train_info]['categories'] == categories
+    assert (cfg.name, cfg.dataset, cfg.num_classes) == before
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,19 +329,19 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
 def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
     import train
     from yolact import Yolact
-    set_cfg(TINY_CONFIG)
+    config = config_module.config_for(TINY_CONFIG)
     seen = []
     monkeypatch.setattr(Yolact, 'init_weights', lambda self, backbone_path: seen.append(backbone_path))
     net = object.__new__(Yolact)
     (tmp_path / 'cwd').mkdir()
     monkeypatch.chdir(tmp_path / 'cwd')  # no weights/ folder here, whatever the repository holds
-    assert train.init_weights(net, str(tmp_path)) is None and seen == [None]
-    (tmp_path / cfg.backbone.path).write_bytes(b'weights')
-    path = os.path.join(str(tmp_path), cfg.backbone.path)
-    assert train.init_weights(net, str(tmp_path)) == path and seen[-1] == path
+    assert train.init_weights(net, config, str(tmp_path)) is None and seen == [None]
+    (tmp_path / config.backbone.path).write_bytes(b'weights')
+    path = os.path.join(str(tmp_path), config.backbone.path)
+    assert train.init_weights(net, config, str(tmp_path)) == path and seen[-1] == path
     # A backbone without published weights (the demo's half-width ResNet-18) has no file to look for.
-    cfg.backbone = cfg.backbone.copy({'path': None})
-    assert train.init_weights(net, str(tmp_path)) is None and seen[-1] is None
+    config.backbone = config.backbone.copy({'path': None})
+    assert train.init_weights(net, config, str(tmp_path)) is None and seen[-1] is None
 
 
 def test_same_seed_gives_identical_losses(tiny, tmp_path):
@@ -366,9 +371,14 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
     and once more when training ends; both logged."""
     import train
     from utils.logger import read_entries
+    # The run holds its config as a value: a global cfg of another model (21 classes, 550 px) is
+    # neither read nor written.
+    set_cfg('yolact_resnet50_pascal_config')
+    before = dict(vars(cfg))
     rc = train.main(tiny_args(tmp_path, '--batch_size', '4', '--max_iter', '5', '--validation_epoch', '1',
                               '--validation_size', '2'))
     assert rc == 0
+    assert vars(cfg) == before
     out = capsys.readouterr().out
     assert out.count('Computing validation mAP') == 2
     entries = read_entries(str(tmp_path / 'logs' / 'tiny_train.log'), 'val')
@@ -395,15 +405,14 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
                     'results_dir': None, 'iteration': None}
 
 
-def test_optimizer_choice_from_config(monkeypatch):
+def test_optimizer_choice_from_config():
     import train
     from data.config import ConfigError
     net = torch.nn.Linear(2, 2)
-    sched = types.SimpleNamespace(lr=0.01, momentum=0.9, decay=5e-4)
-    monkeypatch.setattr(cfg, 'optimizer', 'sgd')
+    sched = types.SimpleNamespace(lr=0.01, momentum=0.9, decay=5e-4, optimizer='sgd')
     opt = train.build_optimizer(net, sched)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]['momentum'] == 0.9
-    monkeypatch.setattr(cfg, 'optimizer', 'adamw')
+    sched.optimizer = 'adamw'
     opt = train.build_optimizer(net, sched)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]['weight_decay'] == 5e-4
     assert opt.defaults['fused']  # one kernel on the CPU instead of a per-tensor loop
@@ -413,7 +422,7 @@ def test_optimizer_choice_from_config(monkeypatch):
     before = net.weight._version
     opt.step()
     assert net.weight._version > before
-    monkeypatch.setattr(cfg, 'optimizer', 'rmsprop')
+    sched.optimizer = 'rmsprop'
     with pytest.raises(ConfigError, match="'rmsprop'"):
         train.build_optimizer(net, sched)
 

@@ -3,14 +3,14 @@ learning rate at each iteration, and the optimizer. train.py wires these into it
 import argparse
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 from torch.autograd.graph import increment_version
 
-from data.coco import DatasetPaths, coco_dataset_paths, dataset_from_annotations, user_dataset_paths
-from data.config import ConfigError, cfg, set_cfg, set_dataset, use_dataset
+from data.coco import DatasetPaths, coco_dataset_paths, dataset_from_annotations, read_annotations, user_dataset_paths
+from data.config import Config, ConfigError, config_for, dataset_for, with_dataset
 from training.distributed import DistInfo
 
 # The original's batch size: lr and the schedule are scaled by global_batch / REFERENCE_BATCH.
@@ -31,17 +31,18 @@ class Schedule:
     lr_steps: List[int]
     warmup_init: float
     warmup_until: int
+    optimizer: str  # 'sgd' or 'adamw' (config.optimizer)
     scale: float = 1.0
 
 
-def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
-    """Apply --config/--dataset/--data to the global cfg, autoscale, and set the freeze-BN rule.
-
-    Must run before the model and datasets are built (train.py passes them cfg).
+def configure(args: argparse.Namespace, info: DistInfo) -> Tuple[Config, Schedule, Dict[str, dict]]:
+    """The run's config (--config with --dataset/--data, --max_iter, autoscaling and the freeze-BN
+    rule applied), its schedule, and the annotation files --data's classes were read from, parsed
+    (info file -> content, for the datasets: COCODetection(annotations=...); empty without --data).
     """
-    set_cfg(args.config or DEFAULT_CONFIG)
+    config = config_for(args.config or DEFAULT_CONFIG)
     if args.dataset is not None:
-        set_dataset(args.dataset)
+        config.dataset = dataset_for(args.dataset)
     if args.validation_epoch > 0 and args.data is not None and args.valid_info is None \
             and not os.path.isfile(coco_dataset_paths(args.data, ('train',)).valid_info):
         # A dataset converted with everything in train (labelme2coco --val_fraction 0).
@@ -52,32 +53,36 @@ def configure(args: argparse.Namespace, info: DistInfo) -> Schedule:
     # A run without validation needs no validation files (the performance scripts).
     splits = ('train', 'val') if args.validation_epoch > 0 else ('train',)
     paths = user_dataset_paths(args.data, {f: getattr(args, f) for f in DatasetPaths._fields}, splits)
+    annotations: Dict[str, dict] = {}
     if paths is not None:
-        use_dataset(dataset_from_annotations(paths, splits), source=paths.train_info,
-                    say=print if info.is_main else None)
+        annotations = read_annotations(paths, splits)
+        config = with_dataset(config, dataset_from_annotations(paths, splits, annotations=annotations),
+                              source=paths.train_info, say=print if info.is_main else None)
     if args.max_iter is not None:
-        cfg.max_iter = args.max_iter
+        config.max_iter = args.max_iter
 
     global_batch = args.batch_size * info.world_size
     scale = 1.0
     if args.autoscale and global_batch != REFERENCE_BATCH:
         scale = global_batch / REFERENCE_BATCH
-        cfg.lr = cfg.lr * scale
-        cfg.max_iter = int(cfg.max_iter // scale)
-        cfg.lr_steps = [int(x // scale) for x in cfg.lr_steps]
+        config.lr = config.lr * scale
+        config.max_iter = int(config.max_iter // scale)
+        config.lr_steps = [int(x // scale) for x in config.lr_steps]
         if info.is_main:
             print(f'Scaling parameters by {scale:.2f} for a global batch size of {global_batch}.')
 
     if args.batch_size < MIN_BN_BATCH:
         if info.is_main:
             print(f'Per-process batch size {args.batch_size} is below {MIN_BN_BATCH}: BatchNorm is frozen.')
-        cfg.freeze_bn = True
+        config.freeze_bn = True
 
     pick = lambda flag, default: default if flag is None else flag
-    return Schedule(lr=pick(args.lr, cfg.lr), momentum=pick(args.momentum, cfg.momentum),
-                    decay=pick(args.decay, cfg.decay), gamma=pick(args.gamma, cfg.gamma),
-                    max_iter=int(cfg.max_iter), lr_steps=[int(s) for s in cfg.lr_steps],
-                    warmup_init=cfg.lr_warmup_init, warmup_until=int(cfg.lr_warmup_until), scale=scale)
+    sched = Schedule(lr=pick(args.lr, config.lr), momentum=pick(args.momentum, config.momentum),
+                     decay=pick(args.decay, config.decay), gamma=pick(args.gamma, config.gamma),
+                     max_iter=int(config.max_iter), lr_steps=[int(s) for s in config.lr_steps],
+                     warmup_init=config.lr_warmup_init, warmup_until=int(config.lr_warmup_until),
+                     optimizer=config.optimizer, scale=scale)
+    return config, sched, annotations
 
 
 def learning_rate(iteration: int, sched: Schedule) -> float:
@@ -111,11 +116,11 @@ class FusedAdamW(torch.optim.AdamW):
 
 
 def build_optimizer(net: nn.Module, sched: Schedule) -> torch.optim.Optimizer:
-    """SGD as the original (cfg.optimizer 'sgd'), or AdamW ('adamw', for training from scratch)."""
-    if cfg.optimizer == 'adamw':
+    """SGD as the original (sched.optimizer 'sgd'), or AdamW ('adamw', for training from scratch)."""
+    if sched.optimizer == 'adamw':
         if next(net.parameters()).device.type in ('cpu', 'cuda'):  # torch_npu has no fused AdamW
             return FusedAdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
         return torch.optim.AdamW(net.parameters(), lr=sched.lr, weight_decay=sched.decay)
-    if cfg.optimizer != 'sgd':
-        raise ConfigError(f"config option optimizer = {cfg.optimizer!r}: expected 'sgd' or 'adamw'")
+    if sched.optimizer != 'sgd':
+        raise ConfigError(f"config option optimizer = {sched.optimizer!r}: expected 'sgd' or 'adamw'")
     return torch.optim.SGD(net.parameters(), lr=sched.lr, momentum=sched.momentum, weight_decay=sched.decay)
