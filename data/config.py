@@ -658,9 +658,14 @@ def set_cfg(config_name: str) -> Config:
     return cfg
 
 
+def dataset_for(dataset_name: str) -> Config:
+    """A fresh dataset config of its own for `dataset_name` (e.g. 'coco2017_dataset')."""
+    return own_config(_lookup(dataset_name, '_dataset'))
+
+
 def set_dataset(dataset_name: str) -> None:
     """Make `dataset_name` (e.g. 'coco2017_dataset') the dataset of the active config."""
-    cfg.dataset = _lookup(dataset_name, '_dataset')
+    cfg.dataset = dataset_for(dataset_name)
 
 
 def describe_classes(names, limit: int = 8) -> str:
@@ -670,20 +675,25 @@ def describe_classes(names, limit: int = 8) -> str:
     return f"{len(names)} class{'es' if len(names) != 1 else ''} ({shown})"
 
 
-def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
+def adopt_dataset(config: Config, dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
     """Make `dataset` (a dataset Config whose classes were read from a file, e.g. by
-    data.coco.dataset_from_annotations) the active config's dataset. The class-dependent layers
-    follow: num_classes = classes + 1 (background). `say` gets one line of what was derived."""
-    before = cfg.num_classes
-    cfg.dataset = dataset
-    cfg.num_classes = len(dataset.class_names) + 1
+    data.coco.dataset_from_annotations) the dataset of `config`, in place. The class-dependent
+    layers follow: num_classes = classes + 1 (background). `say` gets one line of what was derived."""
+    before = config.num_classes
+    config.dataset = dataset
+    config.num_classes = len(dataset.class_names) + 1
     if say is not None:
-        ids = sorted(dataset.label_map) if dataset.label_map else list(range(1, cfg.num_classes))
+        ids = sorted(dataset.label_map) if dataset.label_map else list(range(1, config.num_classes))
         id_text = (f'category ids {ids[0]}..{ids[-1]}' if ids == list(range(ids[0], ids[-1] + 1))
                    else f'category ids {", ".join(map(str, ids[:8]))}{", ..." if len(ids) > 8 else ""}')
-        change = '' if before == cfg.num_classes else f' (the config had {before})'
+        change = '' if before == config.num_classes else f' (the config had {before})'
         say(f'Classes from {source}: {describe_classes(dataset.class_names)}, {id_text} -> labels '
-            f'1..{cfg.num_classes - 1}; num_classes {cfg.num_classes}{change}.')
+            f'1..{config.num_classes - 1}; num_classes {config.num_classes}{change}.')
+
+
+def use_dataset(dataset: Config, source: str, say: Optional[Callable[[str], None]] = None) -> None:
+    """`adopt_dataset` for the active config."""
+    adopt_dataset(cfg, dataset, source, say)
 
 
 # ----------------------- DEMO CONFIG (synthetic dataset, CPU) ----------------------- #
