@@ -79,7 +79,7 @@ class ExportableYolact(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         if not net.eval_mask_branch:
-            raise ExportError("export needs the mask branch: cfg.eval_mask_branch is False")
+            raise ExportError("export needs the mask branch: the config's eval_mask_branch is False")
         self.net = net
         self.image_size = int(net.config.max_size)
         self.eval()
@@ -142,16 +142,15 @@ def export_metadata(config: Config, maskiou_file: Optional[str] = None, dynamic_
     network was built with, net.config) exported for config.max_size square input (stored in the
     exported file), and what eval.py needs to evaluate the file: config name, class names and their
     COCO category ids, precision ('fp32' or 'int8')."""
-    cfg = config
-    transform = cfg.backbone.transform
-    label_map = cfg.dataset.label_map
+    transform = config.backbone.transform
+    label_map = config.dataset.label_map
     return {
         'format_version': 1,
-        'config': cfg.name,
+        'config': config.name,
         'precision': precision,
         'input_name': INPUT_NAME,
         'output_names': list(OUTPUT_NAMES),
-        'input_size': int(cfg.max_size),
+        'input_size': int(config.max_size),
         'dynamic_batch': dynamic_batch,
         # Preprocessing of a BGR 0..255 image, as FastBaseTransform does it.
         'mean': list(MEANS), 'std': list(STD),
@@ -159,19 +158,19 @@ def export_metadata(config: Config, maskiou_file: Optional[str] = None, dynamic_
         'normalize': bool(transform.normalize),
         'subtract_means': bool(transform.subtract_means),
         'to_float': bool(transform.to_float),
-        'num_classes': cfg.num_classes,
-        'class_names': list(cfg.dataset.class_names),
+        'num_classes': config.num_classes,
+        'class_names': list(config.dataset.class_names),
         # category_ids[i] is the annotation id of class_names[i] (None: ids 1..N in order).
         'category_ids': (None if label_map is None else
                          [cat_id for cat_id, _ in sorted(label_map.items(), key=lambda item: item[1])]),
-        'conf_thresh': cfg.nms_conf_thresh,
-        'nms_thresh': cfg.nms_thresh,
-        'top_k': cfg.nms_top_k,
-        'max_num_detections': cfg.max_num_detections,
-        'mask_activation': _activation_name(cfg.mask_proto_mask_activation),
+        'conf_thresh': config.nms_conf_thresh,
+        'nms_thresh': config.nms_thresh,
+        'top_k': config.nms_top_k,
+        'max_num_detections': config.max_num_detections,
+        'mask_activation': _activation_name(config.mask_proto_mask_activation),
         'maskiou_model': maskiou_file,
-        'rescore_mask': bool(cfg.use_maskiou and cfg.rescore_mask),
-        'rescore_bbox': bool(cfg.use_maskiou and cfg.rescore_bbox),
+        'rescore_mask': bool(config.use_maskiou and config.rescore_mask),
+        'rescore_bbox': bool(config.use_maskiou and config.rescore_bbox),
     }
 
 

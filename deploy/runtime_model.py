@@ -5,7 +5,7 @@ to the repository's own `Detect` (Fast NMS or the others, as eval.py's flags set
 `Predictor`, `evaluate`, `benchmark` and the image/video functions of eval.py use it unchanged,
 masks and COCOeval included: the mAP of a deployed file is measured by the same code as a
 checkpoint's. The config, class names, input size and NMS settings come from the file's metadata
-(export.py's `export_metadata`), not from flags.
+(deploy/exporting.py's `export_metadata`), not from flags.
 
     session, meta = open_exported('yolact_base.int8.onnx')
     config = exported_config(meta)              # a Config of the file's own
