@@ -421,6 +421,16 @@ def test_cli_benchmark_times_images_of_other_classes(tiny, tiny_checkpoint, synt
     assert timed.dataset.valid_info.startswith(str(synthetic_root))  # and times the dataset's pictures
 
 
+def test_cli_leaves_the_global_config_alone(tiny_checkpoint, synthetic_root, capsys):
+    """eval.py holds its config as a value: its --val_data classes and --detect never reach `cfg`."""
+    set_cfg('yolact_base_config')
+    before = (cfg.name, cfg.num_classes, cfg.dataset.name, cfg.eval_mask_branch)
+    assert eval_script.main(['--trained_model', str(tiny_checkpoint), '--val_data', str(synthetic_root), '--detect',
+                             '--benchmark', '--max_images', '1', '--no_bar', '--node_device', DEVICE]) == 0
+    assert 'fps' in capsys.readouterr().out
+    assert (cfg.name, cfg.num_classes, cfg.dataset.name, cfg.eval_mask_branch) == before
+
+
 def test_amp_inference_gives_float32_results(tiny_checkpoint):
     from yolact import Yolact
     net = Yolact(cfg)
