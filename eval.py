@@ -10,8 +10,10 @@
 
 The flags are the original eval.py's. The config defaults to the one named by the checkpoint's
 file name (<config>_<epoch>_<iteration>.pth). A file written by export.py (.onnx, float32 or int8,
-or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (deploy/runtime_model.py) with the same Detect, masks and COCOeval; its config
-and class names come from its metadata. The work is done in evaluation/evaluator.py (the dataset
+or TorchScript) runs in onnxruntime (TorchScript: in PyTorch) (deploy/runtime_model.py) with the same
+Detect, masks and COCOeval; its config and class names come from its metadata. The config is a value
+held here and passed down; the file is opened and its network built by deploy/loading.py (as
+predictor.Predictor loads it). The work is done in evaluation/evaluator.py (the dataset
 evaluation, which train.py's validation also runs; `eval.evaluate(net, dataset, train_mode=True)`
 still works), evaluation/coco_results.py (COCO conversion and COCOeval), deploy/inference.py (images,
 videos, benchmark) on predictor.Predictor (what a Python program uses: the pictures and files
@@ -21,8 +23,8 @@ import argparse
 import os
 import random
 import sys
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -34,7 +36,7 @@ from data.coco import (
     dataset_from_annotations,
     user_dataset_paths,
 )
-from data.config import ConfigError, cfg, describe_classes, set_cfg, set_dataset, use_dataset
+from data.config import Config, ConfigError, describe_classes, with_dataset
 from deploy.inference import (
     InferenceError,
     InferenceOptions,
@@ -44,7 +46,8 @@ from deploy.inference import (
     evalvideo,
     open_video,
 )
-from deploy.runtime_model import RuntimeModelError, is_exported, load_exported, open_exported, use_exported_config
+from deploy.loading import ModelFile, build_network, open_model
+from deploy.runtime_model import RuntimeModelError, is_exported
 from deploy.visualize import DrawOptions, covers
 from evaluation.coco_results import COCO_EVAL_BACKENDS, CocoEvalBackendError, check_coco_eval_backend
 from evaluation.evaluator import (  # noqa: F401 - re-exported: the original's eval.evaluate(net, dataset, ...)
@@ -59,18 +62,9 @@ from evaluation.evaluator import (  # noqa: F401 - re-exported: the original's e
 )
 from predictor import Predictor
 from utils.augmentations import BaseTransform
-from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.device import (
-    AMP_CHOICES,
-    DeviceError,
-    ProbeShape,
-    autocast_dtype,
-    default_device_type,
-    prefers_channels_last,
-    select_device,
-)
+from utils.checkpoint import CheckpointError
+from utils.device import DeviceError, add_amp_dtype_flag, default_device_type, select_device
 from utils.functions import SavePath, check_writable_folder
-from yolact import load_model, use_checkpoint_classes
 
 
 class EvalError(RuntimeError):
@@ -78,10 +72,10 @@ class EvalError(RuntimeError):
 
 
 @dataclass
-class EvalArgs(EvalOptions):
-    """eval.py's options: the dataset evaluation's (EvalOptions) and those of the script (model,
-    config, data, device, drawing, media). `parse_args` fills them from the flags, whose defaults
-    these are; `main` passes them down."""
+class EvalArgs(EvalOptions, DrawOptions):
+    """eval.py's options: the dataset evaluation's (EvalOptions), the drawing's (DrawOptions: the
+    --display_* flags, --font) and those of the script (model, config, data, device, media).
+    `parse_args` fills them from the flags, whose defaults these are; `main` passes them down."""
     trained_model: str = 'weights/yolact_base_54_800000.pth'
     config: Optional[str] = None
     dataset: Optional[str] = None
@@ -92,13 +86,8 @@ class EvalArgs(EvalOptions):
     cuda: Optional[bool] = None
     compile: bool = False
     detect: bool = False
-    display_masks: bool = True
-    display_bboxes: bool = True
-    display_text: bool = True
-    display_scores: bool = True
     display_lincomb: bool = False
     display_fps: bool = False
-    font: Optional[str] = None
     image: Optional[str] = None
     images: Optional[str] = None
     video: Optional[str] = None
@@ -106,6 +95,10 @@ class EvalArgs(EvalOptions):
     save_json: bool = False
     save_masks: bool = False
     save_labelme: bool = False
+
+    def draw_options(self) -> DrawOptions:
+        """The DrawOptions part of these options."""
+        return DrawOptions(**{f.name: getattr(self, f.name) for f in fields(DrawOptions)})
 
 
 # ----------------------------------------------------------------------------- flags
@@ -157,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(p, 'amp', False, 'run the network under autocast')
     add_bool_flag(p, 'compile', False, 'torch.compile the network with frozen weights (Yolact.compile_network); '
                   'the first image compiles (about a minute on 2 CPU cores), the rest run faster')
-    p.add_argument('--amp_dtype', default='auto', choices=AMP_CHOICES,
-                   help='autocast dtype; auto: fp16 on cuda/npu, bf16 on a CPU with native bf16, '
-                        'float32 on other CPUs')
+    add_amp_dtype_flag(p)
 
     p.add_argument('--top_k', default=5, type=int, help='detections drawn per image (and kept by --benchmark)')
     add_bool_flag(p, 'fast_nms', True, "Fast NMS (the paper's); false: greedy NMS")
@@ -246,65 +237,41 @@ def resolve_checkpoint(opts: EvalArgs, folder: str = 'weights/') -> str:
     return found
 
 
-def setup_config(opts: EvalArgs, evaluating: bool = False,
-                 exported: Optional[Dict[str, Any]] = None) -> None:
-    """Activate the config (given or inferred), the dataset override, the checkpoint's classes and
+def check_exported_flags(opts: EvalArgs) -> None:
+    """--config, --amp and --compile against an exported file (which brings its own config and runs
+    as exported)."""
+    if opts.compile or opts.amp:
+        raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
+                        f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
+
+
+def setup_config(opts: EvalArgs, model: ModelFile, evaluating: bool = False) -> Config:
+    """The config to run `model` with: its own (deploy.loading.open_model: --config or the file
+    name, --dataset, the checkpoint's or the exported file's classes) with --val_data's dataset and
     --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
-    against the checkpoint's, and its category ids are used; with --benchmark only its pictures are
-    timed, so a dataset of other classes serves too. `exported`: the metadata of an exported file,
-    which gives the config and classes instead."""
-    if exported is not None:
-        from_file = use_exported_file_config(opts, exported)
-    else:
-        if opts.config is None:
-            opts.config = config_name_from_checkpoint(opts.trained_model)
-            print(f'Config not specified. Parsed {opts.config} from the file name.')
-        set_cfg(opts.config)
-        if opts.dataset is not None:
-            set_dataset(opts.dataset)
-        from_file = use_checkpoint_classes(opts.trained_model, cfg)
+    against the model's, and its category ids are used; with --benchmark only its pictures are
+    timed, so a dataset of other classes serves too."""
+    config = model.config.copy()
     paths = user_dataset_paths(opts.val_data, {'valid_images': opts.valid_images, 'valid_info': opts.valid_info},
                                splits=('val',)) if evaluating else None
     if paths is not None:
         dataset = dataset_from_annotations(paths, splits=('val',))
-        names, wanted = tuple(dataset.class_names), tuple(cfg.dataset.class_names)
+        names, wanted = tuple(dataset.class_names), tuple(config.dataset.class_names)
         if opts.benchmark and names != wanted:
             # Timing reads the pictures only: the model keeps its classes, the dataset gives its files.
-            cfg.dataset = cfg.dataset.copy({'valid_images': dataset.valid_images, 'valid_info': dataset.valid_info,
-                                            'label_map': None})
+            config.dataset = config.dataset.copy({'valid_images': dataset.valid_images,
+                                                  'valid_info': dataset.valid_info, 'label_map': None})
             print(f'--benchmark: timing on the images of {paths.valid_info} ({describe_classes(names)}, not the '
                   f'model\'s {len(wanted)} classes: no mAP is computed)')
         # A checkpoint without a class list is trusted with the dataset's names if the count fits.
-        elif names != wanted and (from_file or len(names) != len(wanted)):
+        elif names != wanted and (model.classes_from_file or len(names) != len(wanted)):
             raise EvalError(f"{paths.valid_info} lists {describe_classes(names)} but the model predicts "
                             f"{describe_classes(wanted)}; evaluate on a dataset of the classes it was trained on")
         else:
-            use_dataset(dataset, source=paths.valid_info, say=None if names == wanted else print)
+            config = with_dataset(config, dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
-        cfg.eval_mask_branch = False
-
-
-def use_exported_file_config(opts: EvalArgs, meta: Dict[str, Any]) -> bool:
-    """The config of an exported file: the one its metadata names, with its classes, input size
-    and NMS settings (--dataset still picks the dataset's paths). Returns True (the classes are
-    the file's own)."""
-    if opts.compile or opts.amp:
-        raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
-                        f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
-    wanted = meta['config']
-    if opts.config is not None and opts.config.split('_config')[0] != wanted.split('_config')[0]:
-        raise EvalError(f"--config {opts.config}: {opts.trained_model} was exported from {wanted}, "
-                        f"which its metadata names; drop --config")
-    dataset = None
-    if opts.dataset is not None:
-        set_dataset(opts.dataset)
-        dataset = cfg.dataset
-    use_exported_config(meta)
-    if dataset is not None:
-        cfg.dataset = dataset.copy({'class_names': cfg.dataset.class_names, 'label_map': cfg.dataset.label_map})
-    print(f"Config {cfg.name} and {describe_classes(cfg.dataset.class_names)} from the metadata of "
-          f"{os.path.basename(opts.trained_model)}.")
-    return True
+        config.eval_mask_branch = False
+    return config
 
 
 def default_results_dir(checkpoint: str) -> str:
@@ -319,15 +286,15 @@ def device_from_flags(opts: EvalArgs) -> torch.device:
     return select_device(name or default_device_type())
 
 
-def build_dataset(opts: EvalArgs) -> COCODetection:
-    """The evaluation dataset: the active config's (setup_config puts --val_data / --valid_* there)."""
-    images, info = cfg.dataset.valid_images, cfg.dataset.valid_info
+def build_dataset(opts: EvalArgs, config: Config) -> COCODetection:
+    """The evaluation dataset: `config`'s (setup_config puts --val_data / --valid_* there)."""
+    images, info = config.dataset.valid_images, config.dataset.valid_info
     for path, what in ((images, 'image folder'), (info, 'annotation file')):
         if not os.path.exists(path):
             raise DatasetFileNotFoundError(
-                f"validation {what} not found: {path} (dataset '{cfg.dataset.name}'; "
+                f"validation {what} not found: {path} (dataset '{config.dataset.name}'; "
                 f"use --val_data ROOT or --dataset NAME)")
-    return COCODetection(images, info, transform=BaseTransform(cfg), has_gt=cfg.dataset.has_gt, config=cfg)
+    return COCODetection(images, info, transform=BaseTransform(config), has_gt=config.dataset.has_gt, config=config)
 
 
 # ----------------------------------------------------------------------------- images / videos
@@ -345,10 +312,7 @@ def split_in_out(spec: str) -> Tuple[str, Optional[str]]:
 
 
 def inference_options(opts: EvalArgs) -> InferenceOptions:
-    draw = DrawOptions(top_k=opts.top_k, score_threshold=opts.score_threshold,
-                       display_masks=opts.display_masks, display_bboxes=opts.display_bboxes,
-                       display_text=opts.display_text, display_scores=opts.display_scores, font=opts.font)
-    return InferenceOptions(draw=draw, crop_masks=opts.crop, display_lincomb=opts.display_lincomb,
+    return InferenceOptions(draw=opts.draw_options(), crop_masks=opts.crop, display_lincomb=opts.display_lincomb,
                             display_fps=opts.display_fps, video_multiframe=opts.video_multiframe,
                             no_bar=opts.no_bar, save_json=opts.save_json, save_masks=opts.save_masks,
                             save_labelme=opts.save_labelme)
@@ -398,10 +362,10 @@ def check_media_inputs(opts: EvalArgs) -> None:
 
 def media_predictor(net: torch.nn.Module, opts: EvalArgs) -> Predictor:
     """The Predictor of --image / --images / --video: the flags' NMS, --top_k, --score_threshold,
-    --crop and autocast, the active config's class names."""
+    --crop and autocast, the class names of the network's config."""
     configure_detect(net, opts.fast_nms, opts.cross_class_nms)
-    return Predictor.from_network(net, cfg.dataset.class_names, score_threshold=opts.score_threshold,
-                                  top_k=opts.top_k, amp=opts.amp, amp_dtype=opts.amp_dtype, crop_masks=opts.crop)
+    return Predictor.from_network(net, score_threshold=opts.score_threshold, top_k=opts.top_k, amp=opts.amp,
+                                  amp_dtype=opts.amp_dtype, crop_masks=opts.crop)
 
 
 def run_media(net: torch.nn.Module, opts: EvalArgs) -> None:
@@ -428,8 +392,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         opts.trained_model = resolve_checkpoint(opts)
         media = any(x is not None for x in (opts.image, opts.images, opts.video))
-        session, meta = open_exported(opts.trained_model) if is_exported(opts.trained_model) else (None, None)
-        setup_config(opts, evaluating=not media, exported=meta)
+        if is_exported(opts.trained_model):
+            check_exported_flags(opts)
+        model = open_model(opts.trained_model, opts.config, opts.dataset, say=print)
+        config = setup_config(opts, model, evaluating=not media)
         device = device_from_flags(opts)
         check_media_inputs(opts)  # also rejects the media-only flags without media
         if media:
@@ -437,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             if not opts.benchmark:
                 check_coco_eval_backend(opts.coco_eval)
-            dataset = build_dataset(opts)
+            dataset = build_dataset(opts, config)
             if not opts.benchmark:
                 opts.checkpoint = opts.trained_model
                 opts.results_dir = opts.results_dir or default_results_dir(opts.trained_model)
@@ -445,13 +411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     check_writable_folder(opts.results_dir, '--results_dir')
                 except ValueError as err:
                     raise EvalError(str(err)) from None
-        if session is not None:
-            net = load_exported(opts.trained_model, session, meta, cfg)
-        else:
-            net = load_model(opts.trained_model, device, cfg)
-        if prefers_channels_last(device, autocast_dtype(device, opts.amp, opts.amp_dtype, notify=None,
-                                                       shape=ProbeShape(size=cfg.max_size)) is not None):
-            net = net.to(memory_format=torch.channels_last)  # same results, faster convs here
+        net = build_network(replace(model, config=config), device, opts.amp, opts.amp_dtype, verbose=True)
         if opts.compile:
             net.compile_network()
         if media:

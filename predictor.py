@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.config import Config, ConfigError, config_for, describe_classes
+from data.config import Config, describe_classes
 from deploy.inference import (
     FrameReader,
     InferenceError,
@@ -38,6 +38,7 @@ from deploy.inference import (
     shown_detections,
     write_image,
 )
+from deploy.loading import load_network
 from deploy.result_files import (
     detections_to_records,
     labelme_document,
@@ -46,11 +47,9 @@ from deploy.result_files import (
     write_instance_png,
     write_json,
 )
-from deploy.runtime_model import exported_config, is_exported, load_exported, open_exported
+from deploy.runtime_model import is_exported
 from deploy.visualize import DrawOptions, draw_detections
-from utils.checkpoint import CheckpointError, config_name_from_checkpoint
-from utils.device import ProbeShape, autocast_dtype, prefers_channels_last, select_device
-from yolact import load_model, use_checkpoint_classes
+from utils.device import select_device
 
 ImageInput = Union[str, Path, np.ndarray]
 
@@ -177,47 +176,6 @@ class Result:
         return json_path
 
 
-def _names_override(classes: Sequence[str], config: Config, path: str) -> None:
-    names = tuple(str(name) for name in classes)
-    if len(names) != config.num_classes - 1:
-        raise ConfigError(f"classes=: {len(names)} names given, but {os.path.basename(path)} predicts "
-                          f"{config.num_classes - 1} classes ({describe_classes(config.dataset.class_names)})")
-    config.dataset = config.dataset.copy({'class_names': names})
-
-
-def load_network(path: str, device: torch.device, config_name: Optional[str] = None,
-                 classes: Optional[Sequence[str]] = None, amp: bool = False) -> Tuple[nn.Module, Config]:
-    """(network in eval mode, its own config) of a checkpoint or an exported file; see `Predictor`."""
-    if not os.path.isfile(str(path)):
-        raise CheckpointError(f"model file not found: {path}")
-    path = str(path)
-    if is_exported(path):
-        if amp:
-            raise InferenceError(f"amp applies to a .pth checkpoint; {os.path.basename(path)} runs as exported")
-        session, meta = open_exported(path)
-        if config_name is not None and config_name.split('_config')[0] != meta['config'].split('_config')[0]:
-            raise ConfigError(f"config={config_name!r}: {os.path.basename(path)} was exported from "
-                              f"{meta['config']}, which its metadata names")
-        config = exported_config(meta)
-        if classes is not None:
-            _names_override(classes, config, path)
-        return load_exported(path, session, meta, config, verbose=False), config
-    if config_name is None:
-        try:
-            config_name = config_name_from_checkpoint(path)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace('pass --config', "pass config='<name>'")) from None
-    config = config_for(config_name)
-    use_checkpoint_classes(path, config, say=None)
-    if classes is not None:
-        _names_override(classes, config, path)
-    net = load_model(path, device, config, verbose=False)
-    if prefers_channels_last(device, autocast_dtype(device, amp, 'auto', notify=None,
-                                                   shape=ProbeShape(size=config.max_size)) is not None):
-        net = net.to(memory_format=torch.channels_last)  # as eval.py runs it: same results, faster convs
-    return net, config
-
-
 class Predictor:
     """A trained YOLACT ready to run on pictures: `Predictor(path)(image) -> Result`.
 
@@ -240,14 +198,15 @@ class Predictor:
         net, net_config = load_network(str(path), target, config, classes, amp)
         configure_detect(net)  # eval.py's default NMS: the paper's Fast NMS
         self._setup(net, net_config, net_config.dataset.class_names, target if not is_exported(str(path)) else None,
-                    score_threshold, top_k, amp, 'auto', crop_masks)
+                    score_threshold, top_k, amp, None, crop_masks)
 
     @classmethod
     def from_network(cls, net: nn.Module, class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.3,
-                     top_k: int = 100, amp: bool = False, amp_dtype: str = 'auto', crop_masks: bool = True,
+                     top_k: int = 100, amp: bool = False, amp_dtype: Optional[torch.dtype] = None, crop_masks: bool = True,
                      device: Optional[torch.device] = None) -> 'Predictor':
         """A Predictor of a network already built (a Yolact in eval mode, a RuntimeYolact, ...), as
-        eval.py makes it; its config is `net.config` and class names default to that config's."""
+        eval.py makes it; its config is `net.config` and class names default to that config's.
+        amp_dtype: the autocast dtype under `amp`; None: utils.device.autocast_dtype decides."""
         predictor = cls.__new__(cls)
         config = config_of(net)
         predictor._setup(net, config, class_names if class_names is not None else config.dataset.class_names,
@@ -255,10 +214,11 @@ class Predictor:
         return predictor
 
     def _setup(self, net: nn.Module, config: Config, class_names: Sequence[str], device: Optional[torch.device],
-               score_threshold: float, top_k: int, amp: bool, amp_dtype: str, crop_masks: bool) -> None:
+               score_threshold: float, top_k: int, amp: bool, amp_dtype: Optional[torch.dtype],
+               crop_masks: bool) -> None:
         self.net = net
         self.config = config
-        self.runner = NetRunner(net, device, amp=amp, amp_dtype_name=amp_dtype, config=config)
+        self.runner = NetRunner(net, device, amp=amp, amp_dtype=amp_dtype, config=config)
         self.class_names = tuple(class_names)
         self.options = InferenceOptions(draw=DrawOptions(top_k=top_k, score_threshold=score_threshold),
                                         crop_masks=crop_masks)

@@ -62,9 +62,9 @@ from training.tensorboard import TensorBoardWriter, check_tensorboard, tensorboa
 from utils.augmentations import BaseTransform, SSDAugmentation
 from utils.checkpoint import CheckpointError
 from utils.device import (
-    AMP_CHOICES,
     DeviceError,
     ProbeShape,
+    add_amp_dtype_flag,
     autocast_dtype,
     default_device_type,
     grad_scaler,
@@ -137,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         're-initialised; iteration 0, fresh optimizer and schedule')
     # This port's.
     p.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
-    p.add_argument('--amp_dtype', default='auto', choices=AMP_CHOICES,
-                   help='autocast dtype; auto = float16 on cuda/npu, bfloat16 on a CPU with native '
-                        'bf16, float32 on other CPUs')
+    add_amp_dtype_flag(p)
     p.add_argument('--log_interval', default=10, type=int, help='print a progress line every N iterations')
     p.add_argument('--max_nonfinite', default=10, type=int,
                    help='stop after this many non-finite losses in a row')

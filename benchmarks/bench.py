@@ -409,9 +409,9 @@ def exported_file(row: Row, size: int, net) -> str:
     RUNTIME_CACHE by config, size, precision and the hash of the code that shapes the graph."""
     import hashlib
 
-    import export
+    from deploy import exporting, quantize
     code = hashlib.sha256()
-    for rel in ('export.py', 'yolact.py', 'backbone.py', 'data/config.py', 'layers/box_utils.py',
+    for rel in ('deploy/exporting.py', 'deploy/quantize.py', 'yolact.py', 'backbone.py', 'data/config.py', 'layers/box_utils.py',
                 'benchmarks/parity_fill.py'):
         path = os.path.join(REPO, rel)
         if os.path.isfile(path):
@@ -422,15 +422,15 @@ def exported_file(row: Row, size: int, net) -> str:
     if os.path.isfile(path):
         return path
     os.makedirs(RUNTIME_CACHE, exist_ok=True)
-    model = export.ExportableYolact(net)
+    model = exporting.ExportableYolact(net)
     partial = path + f'.{os.getpid()}.tmp.onnx'
     with contextlib.redirect_stdout(sys.stderr):
         if row.precision == 'int8':
             images = make_image(RUNTIME_CALIB_IMAGES, size)
             inputs = [images[i:i + 1].numpy() for i in range(RUNTIME_CALIB_IMAGES)]
-            export.export_int8(model, partial, inputs, check=False)
+            quantize.export_int8(model, partial, inputs, check=False)
         else:
-            export.export_onnx(model, partial)
+            exporting.export_onnx(model, partial)
     os.replace(partial, path)
     return path
 

@@ -683,7 +683,7 @@ def infer_variant(net, label: str, amp: bool, compile_net: bool, images: List[np
     compile_s = None
     if compile_net:
         net.compile_network()
-    predictor = NetRunner(net, device, amp=amp, amp_dtype_name='fp16')
+    predictor = NetRunner(net, device, amp=amp, amp_dtype=torch.float16)
     memory_reset(device)
     if compile_net:  # the first call compiles; time it on its own
         start = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.config import Config, own_config
+from data.config import Config
 from data.images import ImageReadError
 from data.images import read_image as read_image_file
 from deploy.result_files import LABELME_FOLDER, result_file_paths
@@ -69,10 +69,12 @@ def _device_of(net: nn.Module) -> torch.device:
 
 
 def config_of(net: nn.Module) -> Config:
-    """The config `net` was built with (Yolact.config); a copy of the active cfg for a stand-in without one
-    (a test double, an exported model), as the scripts set it. DataParallel/DDP: the wrapped net's."""
+    """The config `net` was built with (Yolact.config, RuntimeYolact.config). DataParallel/DDP: the
+    wrapped net's."""
     config = getattr(getattr(net, 'module', net), 'config', None)
-    return config if config is not None else own_config()
+    if config is None:
+        raise TypeError(f"{type(net).__name__} has no .config: give it the Config it was built with")
+    return config
 
 
 class NetRunner:
@@ -83,16 +85,16 @@ class NetRunner:
         device: where to compute; default: where the net's parameters are.
         amp: run the network under torch.autocast (in float32 where utils.device.autocast_dtype
             finds no fast reduced precision, e.g. bf16 on a CPU without native support).
-        amp_dtype_name: 'auto', 'fp16' or 'bf16' (see `utils.device.autocast_dtype`).
+        amp_dtype: torch.float16 or torch.bfloat16; None: decided by `utils.device.autocast_dtype`.
         config: the input transform's and postprocess's settings; default `config_of(net)`.
     """
 
     def __init__(self, net: nn.Module, device: Optional[torch.device] = None, amp: bool = False,
-                 amp_dtype_name: str = 'auto', config: Optional[Config] = None):
+                 amp_dtype: Optional[torch.dtype] = None, config: Optional[Config] = None):
         self.net = net
         self.config = config if config is not None else config_of(net)
         self.device = device if device is not None else _device_of(net)
-        self.dtype = autocast_dtype(self.device, amp, amp_dtype_name, shape=ProbeShape(size=self.config.max_size))
+        self.dtype = autocast_dtype(self.device, amp, amp_dtype, shape=ProbeShape(size=self.config.max_size))
         self.amp = self.dtype is not None
         self.transform = FastBaseTransform(self.config)
 

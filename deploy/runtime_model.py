@@ -5,10 +5,10 @@ to the repository's own `Detect` (Fast NMS or the others, as eval.py's flags set
 `Predictor`, `evaluate`, `benchmark` and the image/video functions of eval.py use it unchanged,
 masks and COCOeval included: the mAP of a deployed file is measured by the same code as a
 checkpoint's. The config, class names, input size and NMS settings come from the file's metadata
-(export.py's `export_metadata`), not from flags.
+(deploy/exporting.py's `export_metadata`), not from flags.
 
     session, meta = open_exported('yolact_base.int8.onnx')
-    config = exported_config(meta)              # a Config of the file's own (the global cfg untouched)
+    config = exported_config(meta)              # a Config of the file's own
     net = RuntimeYolact(session, meta, config)  # net(images) -> Detect's output, as Yolact in eval mode
 
 A TorchScript file (export.py --format torchscript) runs through the same class: `open_exported`
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.config import Config, activation_func, cfg, config_for, own_config
+from data.config import Config, activation_func, config_for, own_config
 from deploy.onnx_postprocess import METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from layers.functions.detection import Detect
 
@@ -180,11 +180,6 @@ def exported_config(meta: Dict[str, Any]) -> Config:
     return config
 
 
-def use_exported_config(meta: Dict[str, Any]) -> None:
-    """Make `exported_config(meta)` the active (global) config, as eval.py works."""
-    cfg.replace(exported_config(meta))
-
-
 class _MaskIoUSession(nn.Module):
     """YOLACT++'s exported mask-IoU head as the `maskiou_net` postprocess calls:
     Tensor[N, 1, h, w] soft masks -> Tensor[N, C-1] predicted IoUs."""
@@ -209,8 +204,8 @@ class RuntimeYolact(nn.Module):
     file's NMS settings) does the rest on the CPU. It has no parameters, so NetRunner runs it on
     the CPU whatever device eval.py was given.
 
-    config: what postprocess and the input transform read (`exported_config(meta)`, or the active
-    cfg where eval.py made that the file's).
+    config: what postprocess and the input transform read (`exported_config(meta)`, changed as the
+    caller needs, e.g. another dataset's files).
     """
 
     def __init__(self, session: Any, meta: Dict[str, Any], config: Config, maskiou_session: Any = None):

@@ -31,7 +31,7 @@ class EvalOptions:
     fast_nms: bool = True  # the paper's Fast NMS; False: greedy NMS
     cross_class_nms: bool = False
     amp: bool = False
-    amp_dtype: str = 'auto'
+    amp_dtype: Optional[torch.dtype] = None  # None: utils.device.autocast_dtype decides
     top_k: int = 5  # detections kept per image by --benchmark
     crop: bool = True  # crop masks with their predicted box
     score_threshold: float = 0
@@ -116,7 +116,7 @@ def evaluate(net: torch.nn.Module, dataset, train_mode: bool = False, opts: Opti
     was_training = net.training
     net.eval()
     try:
-        predictor = NetRunner(net, amp=opts.amp, amp_dtype_name=opts.amp_dtype)
+        predictor = NetRunner(net, amp=opts.amp, amp_dtype=opts.amp_dtype)
         order = eval_order(dataset.ids, opts.shuffle, opts.no_sort, opts.seed)
         if opts.max_images >= 0:
             order = order[:opts.max_images]
@@ -138,7 +138,7 @@ def validation_map(net: torch.nn.Module, dataset, max_images: int, amp_dtype: Op
     overrides: Dict[str, Any] = {'max_images': max_images, 'no_bar': True, 'coco_eval': coco_eval,
                                  'results_dir': results_dir, 'iteration': iteration}
     if amp_dtype is not None:
-        overrides.update(amp=True, amp_dtype='bf16' if amp_dtype == torch.bfloat16 else 'fp16')
+        overrides.update(amp=True, amp_dtype=amp_dtype)
     try:
         with torch.no_grad():
             return evaluate(net, dataset, train_mode=True, opts=EvalOptions(), **overrides)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 import data.config as config_module
-from data.config import Config, resnet18_backbone, set_cfg, synthetic_dataset, yolact_base_config
+from data.config import Config, own_config, resnet18_backbone, set_cfg, synthetic_dataset, yolact_base_config
 
 TINY_NAME = 'yolact_evaltiny'
 TINY_MAX_SIZE = 64
@@ -84,11 +84,13 @@ class ScriptedNet(torch.nn.Module):
     `script(call_index, batch) -> list of detection dicts (or None)` gives, for each image of the
     batch, {'box': relative x1y1x2y2 [D, 4], 'mask': coefficients [D, M], 'class': [D],
     'score': [D], 'proto': [H, W, M]}. postprocess turns proto @ coeffs through a sigmoid into
-    masks, so one-hot coefficients and proto = +-20 select exact masks.
+    masks, so one-hot coefficients and proto = +-20 select exact masks. `config`: what postprocess
+    reads (Yolact.config); default: a copy of the active one, which the tests set.
     """
 
-    def __init__(self, script):
+    def __init__(self, script, config: Optional[Config] = None):
         super().__init__()
+        self.config = own_config(config)
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
         self.script = script
         self.calls = 0

@@ -181,14 +181,28 @@ def test_cache_location_follows_env(monkeypatch, tmp_path):
 def test_explicit_amp_dtype_always_wins(monkeypatch):
     from utils.device import autocast_dtype
     cpu = FakeCpu(monkeypatch, 'avx2')
-    assert autocast_dtype(CPU, True, 'bf16', notify=None) == torch.bfloat16
-    assert autocast_dtype(CPU, True, 'bfloat16', notify=None) == torch.bfloat16
-    assert autocast_dtype(CPU, True, 'fp16', notify=None) == torch.float16
-    assert autocast_dtype(CPU, False, 'bf16', notify=None) is None  # no --amp: float32
+    assert autocast_dtype(CPU, True, torch.bfloat16, notify=None) == torch.bfloat16
+    assert autocast_dtype(CPU, True, torch.float16, notify=None) == torch.float16
+    assert autocast_dtype(CPU, False, torch.bfloat16, notify=None) is None  # no --amp: float32
     assert autocast_dtype(torch.device('cuda', 0), True, notify=None) == torch.float16
     with pytest.raises(ValueError, match='--amp_dtype'):
-        autocast_dtype(CPU, True, 'int8')
+        autocast_dtype(CPU, True, torch.int8)
     assert cpu.calls == []
+
+
+def test_amp_dtype_flag_is_parsed_to_a_dtype_once():
+    import argparse
+
+    from utils.device import add_amp_dtype_flag
+    parser = argparse.ArgumentParser()
+    add_amp_dtype_flag(parser)
+    assert parser.parse_args([]).amp_dtype is None
+    assert parser.parse_args(['--amp_dtype', 'auto']).amp_dtype is None
+    assert parser.parse_args(['--amp_dtype', 'bf16']).amp_dtype == torch.bfloat16
+    assert parser.parse_args(['--amp_dtype', 'bfloat16']).amp_dtype == torch.bfloat16
+    assert parser.parse_args(['--amp_dtype', 'fp16']).amp_dtype == torch.float16
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--amp_dtype', 'int8'])
 
 
 def test_read_cpuinfo_takes_the_first_processor(tmp_path):
@@ -263,4 +277,4 @@ def test_net_runner_amp_follows_the_decision(monkeypatch, kind):
     assert predictor.dtype == (torch.bfloat16 if native else None)
     if native:  # probed at the config's input size, batch 1, inference
         assert [tuple(s) for s in cpu.calls] == [(1, cfg.max_size, False)]
-    assert NetRunner(net, amp=True, amp_dtype_name='bf16', config=cfg).dtype == torch.bfloat16
+    assert NetRunner(net, amp=True, amp_dtype=torch.bfloat16, config=cfg).dtype == torch.bfloat16

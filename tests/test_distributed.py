@@ -190,8 +190,8 @@ def test_amp_dtype_and_grad_scaler_per_device():
     from utils.device import autocast_dtype, grad_scaler  # the CPU-capability cases are in test_device.py
     assert autocast_dtype(CPU, amp=False) is None
     assert autocast_dtype(torch.device('cuda', 0), amp=True) == torch.float16
-    assert autocast_dtype(CPU, True, 'fp16') == torch.float16
-    assert autocast_dtype(torch.device('cuda', 0), True, 'bfloat16') == torch.bfloat16
+    assert autocast_dtype(CPU, True, torch.float16) == torch.float16
+    assert autocast_dtype(torch.device('cuda', 0), True, torch.bfloat16) == torch.bfloat16
     assert grad_scaler(CPU, torch.bfloat16) is None
     assert grad_scaler(CPU, None) is None
     scaler = grad_scaler(CPU, torch.float16)

@@ -34,6 +34,7 @@ from tests.eval_helpers import (
     tiny_config,
 )
 from utils.augmentations import BaseTransform
+from utils.checkpoint import config_name_from_checkpoint
 from yolact import Yolact
 
 # Device the networks run on; the GPU check runs this file with YOLACT_TEST_DEVICE=cuda.
@@ -366,7 +367,7 @@ def test_boolean_flags_really_turn_off():
 
 
 def test_config_is_inferred_from_the_checkpoint_name():
-    name = eval_script.config_name_from_checkpoint
+    name = config_name_from_checkpoint
     assert name('weights/yolact_base_54_800000.pth') == 'yolact_base_config'
     assert name('yolact_plus_resnet50_54_800000.pth') == 'yolact_plus_resnet50_config'
     assert name('/x/yolact_im700_3_1000_interrupt.pth') == 'yolact_im700_config'

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import export
 from backbone import DCN
 from data.config import cfg, resnet18_backbone, set_cfg, yolact_base_config
+from deploy import exporting
 from deploy import onnx_postprocess as onnx_pp
 from layers.box_utils import crop
 from layers.functions.detection import Detect
@@ -76,7 +77,7 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """n random BGR uint8 images of IMAGE_H x IMAGE_W, preprocessed into the network input."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, IMAGE_H, IMAGE_W, 3), dtype=np.uint8)
-    return onnx_pp.preprocess(images, export.export_metadata(size))
+    return onnx_pp.preprocess(images, exporting.export_metadata(cfg.copy({'max_size': size})))
 
 
 def ort_session(path: str) -> ort.InferenceSession:
@@ -84,7 +85,7 @@ def ort_session(path: str) -> ort.InferenceSession:
 
 
 def assert_raw_outputs_match(torch_outs, onnx_outs, atol: float = 1e-4) -> None:
-    for name, ref, got in zip(export.OUTPUT_NAMES, torch_outs, onnx_outs):
+    for name, ref, got in zip(exporting.OUTPUT_NAMES, torch_outs, onnx_outs):
         assert got.shape == tuple(ref.shape), name
         np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=atol, err_msg=name)
 
@@ -143,7 +144,7 @@ def test_preprocess_matches_fast_base_transform(config_name, image_hw):
     cfg.max_size = 160
     image = np.random.default_rng(0).integers(0, 256, size=(*image_hw, 3), dtype=np.uint8)
     expected = FastBaseTransform(cfg)(torch.from_numpy(image)[None]).numpy()
-    got = onnx_pp.preprocess(image, export.export_metadata(160))
+    got = onnx_pp.preprocess(image, exporting.export_metadata(cfg))
     assert got.shape == (1, 3, 160, 160) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
@@ -233,8 +234,8 @@ def test_fast_nms_matches_detect(cross_class):
 
 def test_missing_packages_name_the_requirements_file(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, 'onnx', None)  # makes `import onnx` fail
-    with pytest.raises(export.ExportError, match='requirements-export.txt'):
-        export.require('onnx', 'ONNX export')
+    with pytest.raises(exporting.ExportError, match='requirements-export.txt'):
+        exporting.require('onnx', 'ONNX export')
     fake = tmp_path / 'yolact_base_1_2.pth'
     fake.write_bytes(b'')
     assert export.main(['--trained_model', str(fake)]) == 1
@@ -267,9 +268,9 @@ def tiny_onnx(tmp_path_factory):
     activate(TINY_CONFIG)
     try:
         net = random_yolact()
-        model = export.ExportableYolact(net)
+        model = exporting.ExportableYolact(net)
         path = str(tmp_path_factory.mktemp('tiny') / 'tiny.onnx')
-        written = export.export_onnx(model, path, dynamic_batch=True)
+        written = exporting.export_onnx(model, path, dynamic_batch=True)
         return SimpleNamespace(net=net, model=model, path=path, written=written)
     finally:
         set_cfg('yolact_base_config')
@@ -289,7 +290,7 @@ def test_tiny_onnx_matches_pytorch_for_any_batch(tiny_onnx, batch_size):
     images = torch.from_numpy(random_images(batch_size, 128, seed=batch_size))
     with torch.no_grad():
         expected = tiny_onnx.model(images)
-    outputs = session.run(list(export.OUTPUT_NAMES), {export.INPUT_NAME: images.numpy()})
+    outputs = session.run(list(exporting.OUTPUT_NAMES), {exporting.INPUT_NAME: images.numpy()})
     assert outputs[0].shape[0] == batch_size and outputs[1].shape[2] == 81
     assert_raw_outputs_match(expected, outputs)
     assert assert_same_detections(tiny_onnx.net, images, outputs, meta) > 0
@@ -297,18 +298,18 @@ def test_tiny_onnx_matches_pytorch_for_any_batch(tiny_onnx, batch_size):
 
 def test_check_onnx_reports_the_largest_difference(tiny_onnx, monkeypatch):
     activate(TINY_CONFIG)
-    assert export.check_onnx(tiny_onnx.model, tiny_onnx.path, (1, 3)) < 1e-4
+    assert exporting.check_onnx(tiny_onnx.model, tiny_onnx.path, (1, 3)) < 1e-4
     # A model that no longer matches the file is noticed.
     weight = tiny_onnx.net.prediction_layers[0].bbox_layer.weight
     monkeypatch.setattr(weight, 'data', weight.data + 0.5)
-    assert export.check_onnx(tiny_onnx.model, tiny_onnx.path, (1,)) > 1e-2
+    assert exporting.check_onnx(tiny_onnx.model, tiny_onnx.path, (1,)) > 1e-2
 
 
 def test_tiny_onnx_opset_17_uses_the_older_exporter(tmp_path):
     activate(TINY_CONFIG)
-    model = export.ExportableYolact(random_yolact(seed=1))
+    model = exporting.ExportableYolact(random_yolact(seed=1))
     path = str(tmp_path / 'tiny17.onnx')
-    export.export_onnx(model, path, opset=17)
+    exporting.export_onnx(model, path, opset=17)
     import onnx
     proto = onnx.load(path)
     assert [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')] == [17]
@@ -319,8 +320,8 @@ def test_tiny_onnx_opset_17_uses_the_older_exporter(tmp_path):
     outputs = session.run(None, {'images': images.numpy()})
     assert_raw_outputs_match(expected, outputs)
     assert onnx_pp.load_metadata(session)['input_size'] == 128
-    with pytest.raises(export.ExportError, match='opset 11 or newer'):
-        export.resolve_opset(model, 10)
+    with pytest.raises(exporting.ExportError, match='opset 11 or newer'):
+        exporting.resolve_opset(model, 10)
 
 
 def test_docs_snippet_runs_as_written_without_torch(tiny_onnx, tmp_path):
@@ -356,9 +357,9 @@ def test_docs_snippet_runs_as_written_without_torch(tiny_onnx, tmp_path):
 def test_torchscript_loads_without_the_repository_and_matches(tmp_path):
     activate(TINY_CONFIG)
     net = random_yolact(seed=2)
-    model = export.ExportableYolact(net)
+    model = exporting.ExportableYolact(net)
     path = str(tmp_path / 'tiny.pt')
-    assert export.export_torchscript(model, path) == [path]
+    assert exporting.export_torchscript(model, path) == [path]
 
     images = random_images(2, 128, seed=11)
     np.save(tmp_path / 'images.npy', images)
@@ -380,7 +381,7 @@ def test_torchscript_loads_without_the_repository_and_matches(tmp_path):
     assert result.returncode == 0, result.stderr
 
     meta = onnx_pp.load_metadata((tmp_path / 'meta.json').read_text())
-    assert meta['input_size'] == 128 and meta['output_names'] == list(export.OUTPUT_NAMES)
+    assert meta['input_size'] == 128 and meta['output_names'] == list(exporting.OUTPUT_NAMES)
     saved = np.load(tmp_path / 'outs.npz')
     got_one, got_two = [saved[f'arr_{i}'] for i in range(4)], [saved[f'arr_{i}'] for i in range(4, 8)]
     x = torch.from_numpy(images)
@@ -411,7 +412,7 @@ def test_full_size_config_cli_export_dynamic_batch(tmp_path, capsys):
     session = ort_session(str(output))
     meta = onnx_pp.load_metadata(session)
     assert meta['config'] == 'yolact_resnet50' and meta['input_size'] == 160
-    model = export.ExportableYolact(net)
+    model = exporting.ExportableYolact(net)
     images = torch.from_numpy(random_images(3, 160, seed=20))
     with torch.no_grad():
         expected = model(images)
@@ -428,15 +429,15 @@ def test_yolact_plus_needs_opset_19_and_exports_with_deform_conv(tmp_path):
     set_cfg('yolact_plus_resnet50_config')
     cfg.max_size = 256  # the mask-IoU head needs prototypes of 63 px or more
     net = random_yolact(seed=5)
-    model = export.ExportableYolact(net)
+    model = exporting.ExportableYolact(net)
     assert model.uses_deformable_convs
 
-    with pytest.raises(export.ExportError, match=r'DeformConv only from opset 19.*--opset 19'):
-        export.export_onnx(model, str(tmp_path / 'plus18.onnx'), opset=18)
+    with pytest.raises(exporting.ExportError, match=r'DeformConv only from opset 19.*--opset 19'):
+        exporting.export_onnx(model, str(tmp_path / 'plus18.onnx'), opset=18)
     assert not (tmp_path / 'plus18.onnx').exists()
 
     path = str(tmp_path / 'plus.onnx')
-    assert export.export_onnx(model, path) == [path, str(tmp_path / 'plus.maskiou.onnx')]
+    assert exporting.export_onnx(model, path) == [path, str(tmp_path / 'plus.maskiou.onnx')]
     session = ort_session(path)
     meta = onnx_pp.load_metadata(session)
     assert meta['maskiou_model'] == 'plus.maskiou.onnx'
@@ -457,6 +458,6 @@ def test_yolact_plus_needs_opset_19_and_exports_with_deform_conv(tmp_path):
 def test_yolact_plus_mask_iou_head_needs_a_large_enough_input(tmp_path):
     set_cfg('yolact_plus_resnet50_config')
     cfg.max_size = 128
-    model = export.ExportableYolact(random_yolact(seed=6))
-    with pytest.raises(export.ExportError, match='larger --image_size'):
-        export.export_torchscript(model, str(tmp_path / 'plus.pt'))
+    model = exporting.ExportableYolact(random_yolact(seed=6))
+    with pytest.raises(exporting.ExportError, match='larger --image_size'):
+        exporting.export_torchscript(model, str(tmp_path / 'plus.pt'))

@@ -13,6 +13,7 @@ import torch
 import eval as eval_script
 from data.config import COLORS, cfg, set_cfg
 from deploy.inference import InferenceOptions, NetRunner, benchmark, evalimage, evalimages, evalvideo, render
+from deploy.loading import open_model
 from deploy.visualize import DrawOptions, blend_masks, draw_detections, draw_style, label_size, select_for_display
 from tests.eval_helpers import (
     ScriptedNet,
@@ -414,7 +415,20 @@ def test_cli_benchmark_times_images_of_other_classes(tiny, tiny_checkpoint, synt
     assert eval_script.main(argv + ['--benchmark']) == 0
     out = capsys.readouterr().out
     assert re.search(r'Average:\s*[0-9.]+ fps', out) and '2 images' in out and 'no mAP' in out
-    assert cfg.dataset.class_names[0] == 'ring'  # the model kept its classes
+    opts = eval_script.parse_args(argv + ['--benchmark'])
+    timed = eval_script.setup_config(opts, open_model(opts.trained_model), evaluating=True)
+    assert timed.dataset.class_names[0] == 'ring'  # the model kept its classes
+    assert timed.dataset.valid_info.startswith(str(synthetic_root))  # and times the dataset's pictures
+
+
+def test_cli_leaves_the_global_config_alone(tiny_checkpoint, synthetic_root, capsys):
+    """eval.py holds its config as a value: its --val_data classes and --detect never reach `cfg`."""
+    set_cfg('yolact_base_config')
+    before = (cfg.name, cfg.num_classes, cfg.dataset.name, cfg.eval_mask_branch)
+    assert eval_script.main(['--trained_model', str(tiny_checkpoint), '--val_data', str(synthetic_root), '--detect',
+                             '--benchmark', '--max_images', '1', '--no_bar', '--node_device', DEVICE]) == 0
+    assert 'fps' in capsys.readouterr().out
+    assert (cfg.name, cfg.num_classes, cfg.dataset.name, cfg.eval_mask_branch) == before
 
 
 def test_amp_inference_gives_float32_results(tiny_checkpoint):
@@ -424,7 +438,7 @@ def test_amp_inference_gives_float32_results(tiny_checkpoint):
     net.eval().to(DEVICE)
     net.detect.use_fast_nms = True
     # bf16 asked for explicitly: `auto` is float32 on a CPU without native bf16 (test_device.py).
-    predictor = NetRunner(net, amp=True, amp_dtype_name='bf16' if DEVICE == 'cpu' else 'fp16')
+    predictor = NetRunner(net, amp=True, amp_dtype=torch.bfloat16 if DEVICE == 'cpu' else torch.float16)
     assert predictor.dtype == (torch.bfloat16 if DEVICE == 'cpu' else torch.float16)
     frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     on_device, det_output = predictor([frame])

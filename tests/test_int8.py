@@ -16,8 +16,9 @@ import torch
 
 import eval as eval_script
 import export
-from data.config import SYNTHETIC_CLASSES, cfg, set_cfg, synthetic_dataset
-from deploy.runtime_model import RuntimeYolact, open_exported, use_exported_config
+from data.config import SYNTHETIC_CLASSES, set_cfg, synthetic_dataset
+from deploy import exporting, quantize
+from deploy.runtime_model import RuntimeYolact, exported_config, open_exported
 from evaluation.coco_results import parse_map_table
 from tests.eval_helpers import register, save_tiny_checkpoint, tiny_config
 from utils.checkpoint import write_classes
@@ -80,7 +81,7 @@ def test_int8_file_is_quantized_and_carries_config_and_classes(exported):
     weights = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     for output in ('boxes', 'coeffs', 'proto'):  # the layers that make them keep float32 weights
-        kept = export.float_nodes(onnx.load(exported.fp32), [output])
+        kept = quantize.float_nodes(onnx.load(exported.fp32), [output])
         float_convs = [n for n in graph.node if n.op_type == 'Conv' and n.name in kept]
         assert float_convs and all(n.input[1] in weights and weights[n.input[1]].data_type == onnx.TensorProto.FLOAT
                                    for n in float_convs), output
@@ -97,15 +98,14 @@ INT8_TOLERANCE = {'boxes': 1e-3, 'scores': 0.1, 'coeffs': 0.1, 'proto': 0.1}
 
 def test_int8_outputs_match_float32_within_tolerance(exported):
     """The int8 file against the float32 one, output by output: a change that quantizes the box
-    layers (export.FLOAT_OUTPUTS) fails here, one that breaks the int8 path fails on every output."""
+    layers (quantize.FLOAT_OUTPUTS) fails here, one that breaks the int8 path fails on every output."""
     import onnxruntime
     session, meta = open_exported(exported.int8)
-    use_exported_config(meta)
-    images = export.calibration_inputs(str(exported.root), cfg, 3)
+    images = quantize.calibration_inputs(str(exported.root), exported_config(meta), 3)
     fp32 = onnxruntime.InferenceSession(exported.fp32, providers=['CPUExecutionProvider'])
     for image in images:
-        want = dict(zip(export.OUTPUT_NAMES, fp32.run(list(export.OUTPUT_NAMES), {export.INPUT_NAME: image})))
-        got = dict(zip(export.OUTPUT_NAMES, session.run(list(export.OUTPUT_NAMES), {export.INPUT_NAME: image})))
+        want = dict(zip(exporting.OUTPUT_NAMES, fp32.run(list(exporting.OUTPUT_NAMES), {exporting.INPUT_NAME: image})))
+        got = dict(zip(exporting.OUTPUT_NAMES, session.run(list(exporting.OUTPUT_NAMES), {exporting.INPUT_NAME: image})))
         for name, tolerance in INT8_TOLERANCE.items():
             error = float(np.abs(got[name] - want[name]).max() / np.abs(want[name]).max())
             assert error <= tolerance, (name, error)
@@ -117,7 +117,7 @@ def test_float_nodes_stop_at_the_prediction_convs(exported):
     nodes = {node.name: node for node in model.graph.node}
     anchors = 3  # tiny_config: one scale, three aspect ratios per level
     for output, channels in (('boxes', 4 * anchors), ('coeffs', 8 * anchors), ('proto', 8)):
-        convs = [nodes[name] for name in export.float_nodes(model, [output]) if nodes[name].op_type == 'Conv']
+        convs = [nodes[name] for name in quantize.float_nodes(model, [output]) if nodes[name].op_type == 'Conv']
         shapes = {tuple(weights[c.input[1]].dims)[0] for c in convs if c.input[1] in weights}
         assert convs and shapes <= {channels}, (output, shapes)
 
@@ -168,9 +168,9 @@ def test_fp32_file_scores_the_same_map_as_the_checkpoint(exported, capsys, tmp_p
 def test_runtime_model_runs_any_batch_like_the_network(exported):
     """A file exported for batch 1 takes a batch of 3 (in pieces) and gives the network's detections."""
     session, meta = open_exported(exported.fp32)
-    use_exported_config(meta)
-    runtime = RuntimeYolact(session, meta, cfg)
-    net = Yolact(cfg)
+    config = exported_config(meta)
+    runtime = RuntimeYolact(session, meta, config)
+    net = Yolact(config)
     net.load_weights(exported.ckpt)
     net.eval()
     for detect in (runtime.detect, net.detect):

@@ -100,8 +100,8 @@ def test_classes_come_from_the_categories_in_id_order(tmp_path):
 
 def test_labelme_data_trains_and_evaluates_with_no_class_flags(tiny, labelme_root, tmp_path, capsys):
     import eval as eval_script
-    import export
     import train
+    from deploy.exporting import build_exportable, export_metadata
 
     # Through --data: three classes from the annotations, class layers of 3 + 1.
     assert train.main(tiny_args(tmp_path / 'a', '--data', str(labelme_root), '--max_iter', '2')) == 0
@@ -146,8 +146,8 @@ def test_labelme_data_trains_and_evaluates_with_no_class_flags(tiny, labelme_roo
     assert err.count('\n') == 1 and 'lists 6 classes' in err and 'the model predicts 3 classes' in err
 
     # export.py takes the same class list into the exported file's metadata.
-    export.build_exportable(str(ckpt))
-    assert export.export_metadata(96)['class_names'] == list(NAMES) and cfg.num_classes == 4
+    config = build_exportable(str(ckpt)).net.config
+    assert export_metadata(config)['class_names'] == list(NAMES) and config.num_classes == 4
 
     # A lone .pth (no class list beside it): the class count from its tensors, generic names.
     lone = tmp_path / 'lone' / ckpt.name

@@ -91,13 +91,12 @@ def draw_predictions(net: nn.Module, dataset, class_names: Sequence[str], count:
     if count <= 0:
         return None
     device = next(net.parameters()).device
-    amp_name = 'bf16' if amp_dtype == torch.bfloat16 else 'fp16'
     opts = InferenceOptions()
     tiles: List[np.ndarray] = []
     try:
         with preserved_rng(device), torch.no_grad():
             net.eval()
-            predictor = NetRunner(net, device, amp=amp_dtype is not None, amp_dtype_name=amp_name)
+            predictor = NetRunner(net, device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
             for index in range(count):
                 # Images differ in size: one at a time (NetRunner batches same-size frames).
                 frames, det_output = predictor([dataset.pull_image(index)])

@@ -2,6 +2,7 @@
 
 `torch_npu` is imported only when npu is asked for, so CPU and CUDA machines never need it.
 """
+import argparse
 import importlib
 import json
 import os
@@ -83,6 +84,22 @@ def synchronize(device: Optional[torch.device]) -> None:
 AMP_DTYPES = {'fp16': torch.float16, 'float16': torch.float16,
               'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 AMP_CHOICES = ('auto',) + tuple(AMP_DTYPES)
+
+
+def parse_amp_dtype(text: str) -> Optional[torch.dtype]:
+    """--amp_dtype's value as a dtype: 'bf16'/'bfloat16', 'fp16'/'float16'; 'auto' -> None."""
+    if text == 'auto':
+        return None
+    if text not in AMP_DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(AMP_CHOICES)}, got {text!r}")
+    return AMP_DTYPES[text]
+
+
+def add_amp_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    """--amp_dtype, parsed to Optional[torch.dtype] (None: `autocast_dtype` decides)."""
+    parser.add_argument('--amp_dtype', default=None, type=parse_amp_dtype, metavar='{' + ','.join(AMP_CHOICES) + '}',
+                        help='autocast dtype; auto (default): float16 on cuda/npu, bfloat16 on a CPU with native '
+                             'bf16, float32 on other CPUs')
 
 
 def cpu_capability() -> str:
@@ -287,20 +304,20 @@ def cpu_has_native_bf16(shape: ProbeShape = INFERENCE_550) -> bool:
     return bf16_verdict(shape).native
 
 
-def autocast_dtype(device: torch.device, amp: bool, choice: str = 'auto', notify=print,
+def autocast_dtype(device: torch.device, amp: bool, dtype: Optional[torch.dtype] = None, notify=print,
                    shape: ProbeShape = INFERENCE_550) -> Optional[torch.dtype]:
-    """The torch.autocast dtype for `--amp [--amp_dtype choice]`; None means float32.
+    """The torch.autocast dtype for `--amp [--amp_dtype]`; None means float32.
 
-    'auto' is float16 on cuda/npu; on CPU it is bfloat16 where `bf16_verdict(shape)` finds it
-    native and faster, else float32, the choice and its reason announced once per process through
-    `notify`. An explicit dtype is always used.
+    `dtype` None (--amp_dtype auto) is float16 on cuda/npu; on CPU it is bfloat16 where
+    `bf16_verdict(shape)` finds it native and faster, else float32, the choice and its reason
+    announced once per process through `notify`. A given dtype is always used.
     """
     if not amp:
         return None
-    if choice != 'auto':
-        if choice not in AMP_DTYPES:
-            raise ValueError(f"--amp_dtype must be one of {', '.join(AMP_CHOICES)}, got {choice!r}")
-        return AMP_DTYPES[choice]
+    if dtype is not None:
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"the autocast dtype must be torch.float16 or torch.bfloat16 (--amp_dtype), got {dtype}")
+        return dtype
     if device.type != 'cpu':
         return torch.float16
     verdict = bf16_verdict(shape)
