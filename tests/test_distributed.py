@@ -20,6 +20,8 @@ from test_train import (  # noqa: F401
     train_losses,
 )
 
+import training.step
+
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device('cpu')
 
@@ -61,9 +63,8 @@ def test_dist_info_from_torchrun_and_ascend_environments():
 # ----------------------------------------------------------------------------------------------
 
 def _one_step(model, net, batch):
-    import train
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return train.train_step(model, optimizer, batch)
+    return training.step.train_step(model, optimizer, batch)
 
 
 def _ddp_step_worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None:

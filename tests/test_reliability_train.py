@@ -20,6 +20,8 @@ from test_train import (  # noqa: F401
     train_losses,
 )
 
+import training.step
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -236,7 +238,6 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, tmp_path, c
 # ----------------------------------------------------------------------------------------------
 
 def test_nonfinite_step_makes_no_update(tiny):
-    import train
     from data.config import set_cfg
     set_cfg(TINY_CONFIG)
     net, model, batch = _tiny_model_and_batch()
@@ -246,7 +247,7 @@ def test_nonfinite_step_makes_no_update(tiny):
         net.prediction_layers[0].bbox_layer.weight[0, 0, 0, 0] = float('nan')
     before = {k: v.clone() for k, v in net.state_dict().items()}
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    result = train.train_step(model, optimizer, batch)
+    result = training.step.train_step(model, optimizer, batch)
     assert not result.finite
     assert set(result.losses) >= {'B', 'C', 'M'}
     after = net.state_dict()

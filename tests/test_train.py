@@ -17,6 +17,10 @@ import pytest
 import torch
 
 import data.config as config_module
+import training.schedule
+import training.step
+import training.trainer
+from data.coco import prepare_batch
 from data.config import cfg, set_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,17 +128,16 @@ def test_boolean_flags_really_turn_off():
 
 
 def test_learning_rate_warmup_then_steps():
-    import train
-    s = train.Schedule(lr=1e-3, momentum=0.9, decay=5e-4, gamma=0.1, max_iter=100, lr_steps=[50, 80],
+    s = training.schedule.Schedule(lr=1e-3, momentum=0.9, decay=5e-4, gamma=0.1, max_iter=100, lr_steps=[50, 80],
                        warmup_init=1e-4, warmup_until=10, optimizer='sgd')
-    assert train.learning_rate(0, s) == pytest.approx(1e-4)
-    assert train.learning_rate(5, s) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway up the ramp
-    assert train.learning_rate(10, s) == pytest.approx(1e-3)
-    assert train.learning_rate(49, s) == pytest.approx(1e-3)
-    assert train.learning_rate(50, s) == pytest.approx(1e-4)
-    assert train.learning_rate(80, s) == pytest.approx(1e-5)
-    no_warmup = train.Schedule(**{**vars(s), 'warmup_until': 0})
-    assert train.learning_rate(0, no_warmup) == pytest.approx(1e-3)
+    assert training.schedule.learning_rate(0, s) == pytest.approx(1e-4)
+    assert training.schedule.learning_rate(5, s) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway up the ramp
+    assert training.schedule.learning_rate(10, s) == pytest.approx(1e-3)
+    assert training.schedule.learning_rate(49, s) == pytest.approx(1e-3)
+    assert training.schedule.learning_rate(50, s) == pytest.approx(1e-4)
+    assert training.schedule.learning_rate(80, s) == pytest.approx(1e-5)
+    no_warmup = training.schedule.Schedule(**{**vars(s), 'warmup_until': 0})
+    assert training.schedule.learning_rate(0, no_warmup) == pytest.approx(1e-3)
 
 
 def test_autoscale_follows_global_batch_and_freezes_bn(tiny):
@@ -252,7 +255,7 @@ def _tiny_model_and_batch(seed: int = 0, images=(0, 1)):
     from yolact import Yolact
     cfg.freeze_bn = True
     ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(cfg, MEANS, STD), config=cfg)
-    batch = train.prepare_batch(detection_collate([ds[i] for i in images]), torch.device('cpu'),
+    batch = prepare_batch(detection_collate([ds[i] for i in images]), torch.device('cpu'),
                                 cfg.preserve_aspect_ratio)
     torch.manual_seed(seed)
     net = Yolact(cfg)
@@ -263,13 +266,12 @@ def _tiny_model_and_batch(seed: int = 0, images=(0, 1)):
 
 def test_overfitting_one_batch_reduces_the_loss_five_fold(tiny):
     """Issue 3, done-when 3: train_step on one batch drives the total loss down >= 5x."""
-    import train
     set_cfg(TINY_CONFIG)
     net, model, batch = _tiny_model_and_batch()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     first = None
     for step in range(80):  # noqa: B007 - the message after the loop reports the step count
-        result = train.train_step(model, optimizer, batch)
+        result = training.step.train_step(model, optimizer, batch)
         assert result.finite and set(result.losses) >= {'B', 'C', 'M'}
         first = first if first is not None else result.total
         if result.total <= first / 5:
@@ -327,7 +329,6 @@ def test_main_trains_writes_checkpoints_and_log_then_resume_continues(tiny, tmp_
 
 
 def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
-    import train
     from yolact import Yolact
     config = config_module.config_for(TINY_CONFIG)
     seen = []
@@ -335,13 +336,13 @@ def test_pretrained_backbone_is_used_when_present(tiny, tmp_path, monkeypatch):
     net = object.__new__(Yolact)
     (tmp_path / 'cwd').mkdir()
     monkeypatch.chdir(tmp_path / 'cwd')  # no weights/ folder here, whatever the repository holds
-    assert train.init_weights(net, config, str(tmp_path)) is None and seen == [None]
+    assert training.trainer.init_weights(net, config, str(tmp_path)) is None and seen == [None]
     (tmp_path / config.backbone.path).write_bytes(b'weights')
     path = os.path.join(str(tmp_path), config.backbone.path)
-    assert train.init_weights(net, config, str(tmp_path)) == path and seen[-1] == path
+    assert training.trainer.init_weights(net, config, str(tmp_path)) == path and seen[-1] == path
     # A backbone without published weights (the demo's half-width ResNet-18) has no file to look for.
     config.backbone = config.backbone.copy({'path': None})
-    assert train.init_weights(net, config, str(tmp_path)) is None and seen[-1] is None
+    assert training.trainer.init_weights(net, config, str(tmp_path)) is None and seen[-1] is None
 
 
 def test_same_seed_gives_identical_losses(tiny, tmp_path):
@@ -390,7 +391,6 @@ def test_validation_runs_every_validation_epoch_and_at_the_end(tiny, tmp_path, c
 
 
 def test_coco_eval_flag_reaches_the_validation(monkeypatch):
-    import train
     from evaluation import evaluator
     assert parse().coco_eval == 'pycocotools' and parse('--coco_eval', 'faster').coco_eval == 'faster'
     seen = {}
@@ -400,7 +400,7 @@ def test_coco_eval_flag_reaches_the_validation(monkeypatch):
         return {'box': {'all': 1.0}}
 
     monkeypatch.setattr(evaluator, 'evaluate', fake_evaluate)
-    train.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
+    evaluator.validation_map(torch.nn.Linear(1, 1), None, 7, coco_eval='faster')
     assert seen == {'max_images': 7, 'no_bar': True, 'coco_eval': 'faster', 'train_mode': True,
                     'results_dir': None, 'iteration': None}
 
@@ -431,7 +431,6 @@ def test_overfit_batch_is_found_again_by_eval(tiny):
     """Train and evaluation agree end to end (class indices, box coding, mask assembly, COCO ids):
     a tiny net overfit on two images scores a clearly non-zero box and mask mAP on them."""
     import eval as eval_script
-    import train
     from data.coco import COCODetection
     from utils.augmentations import BaseTransform
     set_cfg(TINY_CONFIG)
@@ -439,7 +438,7 @@ def test_overfit_batch_is_found_again_by_eval(tiny):
     net, model, batch = _tiny_model_and_batch(images=(0, 1))
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(OVERFIT_EVAL_STEPS):
-        train.train_step(model, optimizer, batch)
+        training.step.train_step(model, optimizer, batch)
     ds = COCODetection(cfg.dataset.train_images, cfg.dataset.train_info, transform=BaseTransform(cfg), config=cfg)
     ds.ids = ds.ids[:2]  # the two training images
     result = eval_script.evaluate(net, ds, train_mode=True, opts=eval_script.EvalArgs(),

@@ -2,20 +2,20 @@
 --patience, keeps the record across --resume, starts a new one with --finetune; and a dataset with
 no validation split trains without validation.
 
-The validations return a scripted sequence of mAPs (train.validation_map replaced), so which
+The validations return a scripted sequence of mAPs (training.trainer.validation_map replaced), so which
 checkpoint is the best and where training stops are known in advance."""
 import json
 
 import torch
 from test_train import tiny, tiny_args  # noqa: F401 (tiny: a fixture)
 
+import training.trainer
 from training.state import BestRecord, resumed_best
 from utils.checkpoint import config_name_from_checkpoint, load_file, read_classes
 
 
 def script_validations(monkeypatch, maps):
     """Validations return (box, mask) mAPs from `maps` in turn; returns the iterations validated."""
-    import train
     seen = []
 
     def fake(net, dataset, max_images, amp_dtype=None, coco_eval='pycocotools', results_dir=None, iteration=None):
@@ -23,7 +23,7 @@ def script_validations(monkeypatch, maps):
         seen.append(iteration)
         return {'box': {'all': box}, 'mask': {'all': mask}}
 
-    monkeypatch.setattr(train, 'validation_map', fake)
+    monkeypatch.setattr(training.trainer, 'validation_map', fake)
     return seen
 
 
