@@ -24,7 +24,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, fields, replace
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,6 +34,7 @@ from data.coco import (
     DatasetFormatError,
     ImageLoadError,
     dataset_from_annotations,
+    read_annotations,
     user_dataset_paths,
 )
 from data.config import Config, ConfigError, describe_classes, with_dataset
@@ -245,17 +246,20 @@ def check_exported_flags(opts: EvalArgs) -> None:
                         f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
 
 
-def setup_config(opts: EvalArgs, model: ModelFile, evaluating: bool = False) -> Config:
+def setup_config(opts: EvalArgs, model: ModelFile, evaluating: bool = False) -> Tuple[Config, Dict[str, dict]]:
     """The config to run `model` with: its own (deploy.loading.open_model: --config or the file
     name, --dataset, the checkpoint's or the exported file's classes) with --val_data's dataset and
     --detect. `evaluating` (mAP on a dataset given by paths): the dataset's classes are checked
     against the model's, and its category ids are used; with --benchmark only its pictures are
-    timed, so a dataset of other classes serves too."""
+    timed, so a dataset of other classes serves too. Also returns the annotation file it parsed
+    (info file -> content, for build_dataset; empty without --val_data / --valid_info)."""
     config = model.config.copy()
+    annotations: Dict[str, dict] = {}
     paths = user_dataset_paths(opts.val_data, {'valid_images': opts.valid_images, 'valid_info': opts.valid_info},
                                splits=('val',)) if evaluating else None
     if paths is not None:
-        dataset = dataset_from_annotations(paths, splits=('val',))
+        annotations = read_annotations(paths, splits=('val',))
+        dataset = dataset_from_annotations(paths, splits=('val',), annotations=annotations)
         names, wanted = tuple(dataset.class_names), tuple(config.dataset.class_names)
         if opts.benchmark and names != wanted:
             # Timing reads the pictures only: the model keeps its classes, the dataset gives its files.
@@ -271,7 +275,7 @@ def setup_config(opts: EvalArgs, model: ModelFile, evaluating: bool = False) -> 
             config = with_dataset(config, dataset, source=paths.valid_info, say=None if names == wanted else print)
     if opts.detect:
         config.eval_mask_branch = False
-    return config
+    return config, annotations
 
 
 def default_results_dir(checkpoint: str) -> str:
@@ -286,15 +290,17 @@ def device_from_flags(opts: EvalArgs) -> torch.device:
     return select_device(name or default_device_type())
 
 
-def build_dataset(opts: EvalArgs, config: Config) -> COCODetection:
-    """The evaluation dataset: `config`'s (setup_config puts --val_data / --valid_* there)."""
+def build_dataset(opts: EvalArgs, config: Config, annotations: Optional[Dict[str, dict]] = None) -> COCODetection:
+    """The evaluation dataset: `config`'s (setup_config puts --val_data / --valid_* there), from its
+    annotation file already parsed when `annotations` has it."""
     images, info = config.dataset.valid_images, config.dataset.valid_info
     for path, what in ((images, 'image folder'), (info, 'annotation file')):
         if not os.path.exists(path):
             raise DatasetFileNotFoundError(
                 f"validation {what} not found: {path} (dataset '{config.dataset.name}'; "
                 f"use --val_data ROOT or --dataset NAME)")
-    return COCODetection(images, info, transform=BaseTransform(config), has_gt=config.dataset.has_gt, config=config)
+    return COCODetection(images, info, transform=BaseTransform(config), has_gt=config.dataset.has_gt, config=config,
+                         annotations=(annotations or {}).get(info))
 
 
 # ----------------------------------------------------------------------------- images / videos
@@ -395,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if is_exported(opts.trained_model):
             check_exported_flags(opts)
         model = open_model(opts.trained_model, opts.config, opts.dataset, say=print)
-        config = setup_config(opts, model, evaluating=not media)
+        config, annotations = setup_config(opts, model, evaluating=not media)
         device = device_from_flags(opts)
         check_media_inputs(opts)  # also rejects the media-only flags without media
         if media:
@@ -403,7 +409,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             if not opts.benchmark:
                 check_coco_eval_backend(opts.coco_eval)
-            dataset = build_dataset(opts, config)
+            dataset = build_dataset(opts, config, annotations)
             if not opts.benchmark:
                 opts.checkpoint = opts.trained_model
                 opts.results_dir = opts.results_dir or default_results_dir(opts.trained_model)

@@ -416,7 +416,8 @@ def test_cli_benchmark_times_images_of_other_classes(tiny, tiny_checkpoint, synt
     out = capsys.readouterr().out
     assert re.search(r'Average:\s*[0-9.]+ fps', out) and '2 images' in out and 'no mAP' in out
     opts = eval_script.parse_args(argv + ['--benchmark'])
-    timed = eval_script.setup_config(opts, open_model(opts.trained_model), evaluating=True)
+    timed, parsed = eval_script.setup_config(opts, open_model(opts.trained_model), evaluating=True)
+    assert list(parsed) == [timed.dataset.valid_info]  # parsed once, for the dataset too
     assert timed.dataset.class_names[0] == 'ring'  # the model kept its classes
     assert timed.dataset.valid_info.startswith(str(synthetic_root))  # and times the dataset's pictures
 
