@@ -299,11 +299,6 @@ def bf16_verdict(shape: ProbeShape = INFERENCE_550, probe: Optional[Callable[[Pr
     return verdict
 
 
-def cpu_has_native_bf16(shape: ProbeShape = INFERENCE_550) -> bool:
-    """Whether bfloat16 autocast runs faster than float32 here for `shape` (`bf16_verdict`)."""
-    return bf16_verdict(shape).native
-
-
 def autocast_dtype(device: torch.device, amp: bool, dtype: Optional[torch.dtype] = None, notify=print,
                    shape: ProbeShape = INFERENCE_550) -> Optional[torch.dtype]:
     """The torch.autocast dtype for `--amp [--amp_dtype]`; None means float32.
