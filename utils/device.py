@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Set
 import torch
 from torch import nn
 
+from utils.functions import write_atomically
+
 DEVICE_TYPES = ('cpu', 'cuda', 'npu')
 
 
@@ -285,9 +287,8 @@ def bf16_verdict(shape: ProbeShape = INFERENCE_550, probe: Optional[Callable[[Pr
         cache[key] = {'ratio': round(ratio, 3), 'cpu_flag': flag}
         try:
             os.makedirs(os.path.dirname(cache_file) or '.', exist_ok=True)
-            with open(cache_file + '.tmp', 'w') as f:
-                json.dump(cache, f, indent=1, sort_keys=True)
-            os.replace(cache_file + '.tmp', cache_file)
+            # A temporary file of its own: DDP ranks on one machine probe and write at the same time.
+            write_atomically(cache_file, lambda f: f.write(json.dumps(cache, indent=1, sort_keys=True).encode()))
         except OSError as err:
             where = f'measured now, not cached: {err}'
     native = ratio <= BF16_MAX_RATIO
