@@ -239,8 +239,8 @@ def resolve_checkpoint(opts: EvalArgs, folder: str = 'weights/') -> str:
 
 
 def check_exported_flags(opts: EvalArgs) -> None:
-    """--config, --amp and --compile against an exported file (which brings its own config and runs
-    as exported)."""
+    """--amp and --compile against an exported file, which runs as exported (a --config that is not
+    the file's own is refused by deploy.loading.open_model)."""
     if opts.compile or opts.amp:
         raise EvalError(f"--{'compile' if opts.compile else 'amp'} applies to a .pth checkpoint; "
                         f"{os.path.basename(opts.trained_model)} runs as exported (onnxruntime or TorchScript)")
