@@ -47,3 +47,12 @@ def no_bf16_probe(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(utils.device, 'probe_bf16_ratio', _no_probe)
     monkeypatch.setattr(utils.device, '_VERDICTS', {})
     monkeypatch.setattr(utils.device, '_ANNOUNCED', set())
+
+
+@pytest.fixture
+def restore_cfg():
+    """After the test, the global config is the one the suite starts with (yolact_base), for test
+    files that set it (`pytestmark = pytest.mark.usefixtures('restore_cfg')`)."""
+    yield
+    from data.config import set_cfg
+    set_cfg('yolact_base_config')

@@ -23,10 +23,7 @@ ORIGINAL_CONFIGS = ['yolact_base_config', 'yolact_im400_config', 'yolact_im700_c
                     'yolact_plus_resnet50_config']
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 def test_every_original_config_is_registered():

@@ -42,10 +42,7 @@ DEVICE = os.environ.get('YOLACT_TEST_DEVICE', 'cpu')
 LABEL_MAP = {i: i for i in range(1, 7)}  # synthetic: category ids 1..6 are classes 1..6
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 @pytest.fixture

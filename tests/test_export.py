@@ -48,10 +48,7 @@ TINY_CONFIG = yolact_base_config.copy({
 })
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 def activate(config) -> None:

@@ -21,10 +21,7 @@ TOL = 1e-4
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 def small_net(train: bool = False, blocks_per_stage: int = 2) -> Yolact:

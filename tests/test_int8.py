@@ -28,10 +28,7 @@ CONFIG_NAME = 'yolact_int8tiny'
 PLACEHOLDER_NAMES = tuple(f'placeholder_{i}' for i in range(1, len(SYNTHETIC_CLASSES) + 1))
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 @pytest.fixture(scope='module')

@@ -10,9 +10,10 @@ from layers import output_utils
 from layers.functions.detection import Detect
 from layers.modules.multibox_loss import MultiBoxLoss
 from layers.output_utils import postprocess
-from tests.test_config import restore_cfg  # noqa: F401 (restore_cfg: autouse fixture)
 from utils.augmentations import BaseTransform, FastBaseTransform, SSDAugmentation
 from yolact import Yolact
+
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 DEMO = 'yolact_resnet18_synthetic_config'
 

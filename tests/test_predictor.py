@@ -28,10 +28,7 @@ DEMO = 'yolact_resnet18_synthetic'
 FILE_CLASSES = ('disc', 'wedge', 'block', 'spark', 'honeycomb', 'plus')
 
 
-@pytest.fixture(autouse=True)
-def restore_cfg():
-    yield
-    set_cfg('yolact_base_config')
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 
 @pytest.fixture(scope='module')

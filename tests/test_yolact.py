@@ -8,8 +8,10 @@ import torchvision
 import yolact
 from backbone import DCN, ResNetBackbone
 from data.config import cfg, set_cfg
-from tests.test_config import ORIGINAL_CONFIGS, restore_cfg  # noqa: F401 (restore_cfg: autouse fixture)
+from tests.test_config import ORIGINAL_CONFIGS
 from utils.checkpoint import CheckpointError, load_state_dict_file
+
+pytestmark = pytest.mark.usefixtures('restore_cfg')
 
 HERE = os.path.dirname(__file__)
 
